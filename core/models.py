@@ -1,0 +1,344 @@
+"""SQLAlchemy 2.0 typed models. Money is an integer in the currency's minor unit. Times are UTC."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any, ClassVar
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    TypeDecorator,
+    UniqueConstraint,
+)
+from sqlalchemy.engine import Dialect
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Timezone-aware UTC datetimes on every backend (SQLite stores naive values)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given where UTC is required")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+NAMING = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING)
+    type_annotation_map: ClassVar[dict[Any, Any]] = {
+        datetime: UTCDateTime(),
+        dict[str, Any]: JSON(),
+    }
+
+
+# --- The webhook path --------------------------------------------------------------------------
+
+
+class WebhookDelivery(Base):
+    """One HTTP request to the webhook endpoint, accepted or not."""
+
+    __tablename__ = "webhook_deliveries"
+    __table_args__ = (
+        Index("ix_webhook_deliveries_received_at", "received_at"),
+        Index("ix_webhook_deliveries_event_id", "event_id"),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    received_at: Mapped[datetime] = mapped_column(default=utcnow)
+    event_id: Mapped[str | None] = mapped_column(String(255))
+    event_type: Mapped[str | None] = mapped_column(String(255))
+    verified: Mapped[bool] = mapped_column(Boolean, default=False)
+    rejection_reason: Mapped[str | None] = mapped_column(String(64))
+    http_status: Mapped[int] = mapped_column(Integer)
+    outcome: Mapped[str] = mapped_column(String(32))  # processed|duplicate|ignored|rejected|failed
+    error: Mapped[str | None] = mapped_column(Text)
+    duration_ms: Mapped[float] = mapped_column(default=0.0)
+    remote_addr: Mapped[str | None] = mapped_column(String(64))
+    body_bytes: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class StripeEvent(Base):
+    """One distinct Stripe event, applied at most once."""
+
+    __tablename__ = "stripe_events"
+    __table_args__ = (
+        Index("ix_stripe_events_object_id", "object_id"),
+        Index("ix_stripe_events_created", "created"),
+        Index("ix_stripe_events_status", "status"),
+    )
+
+    id: Mapped[str] = mapped_column(String(255), primary_key=True)
+    type: Mapped[str] = mapped_column(String(255))
+    created: Mapped[datetime]
+    livemode: Mapped[bool] = mapped_column(Boolean)
+    api_version: Mapped[str | None] = mapped_column(String(64))
+    object_id: Mapped[str | None] = mapped_column(String(255))
+    status: Mapped[str] = mapped_column(String(16))  # processed | ignored | failed
+    deliveries: Mapped[int] = mapped_column(Integer, default=1)
+    first_received_at: Mapped[datetime] = mapped_column(default=utcnow)
+    processed_at: Mapped[datetime | None]
+    last_error: Mapped[str | None] = mapped_column(Text)
+    source: Mapped[str] = mapped_column(String(16), default="webhook")  # webhook|reconcile|replay
+    payload: Mapped[dict[str, Any]] = mapped_column(JSON)
+
+
+# --- Orders ------------------------------------------------------------------------------------
+
+
+class Order(Base):
+    """An order paid through one Checkout Session. `status` is derived from the facts below."""
+
+    __tablename__ = "orders"
+    __table_args__ = (
+        Index("ix_orders_customer_email", "customer_email"),
+        Index("ix_orders_customer_id", "customer_id"),
+        Index("ix_orders_created_at", "created_at"),
+        Index("ix_orders_status", "status"),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    checkout_session_id: Mapped[str | None] = mapped_column(String(255), unique=True)
+    payment_intent_id: Mapped[str | None] = mapped_column(String(255), unique=True)
+    customer_id: Mapped[str | None] = mapped_column(String(255))
+    customer_email: Mapped[str | None] = mapped_column(String(320))
+    amount_total: Mapped[int] = mapped_column(BigInteger, default=0)
+    currency: Mapped[str | None] = mapped_column(String(3))
+    status: Mapped[str] = mapped_column(String(32), default="pending")
+    promotion_code: Mapped[str | None] = mapped_column(String(255))
+    livemode: Mapped[bool] = mapped_column(Boolean, default=False)
+    amount_refunded: Mapped[int] = mapped_column(BigInteger, default=0)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    paid_at: Mapped[datetime | None]
+    fulfilled_at: Mapped[datetime | None]
+    failed_at: Mapped[datetime | None]
+    expired_at: Mapped[datetime | None]
+    refunded_at: Mapped[datetime | None]
+    disputed_at: Mapped[datetime | None]
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+
+class OrderTransition(Base):
+    """A change of an order's status, for the timeline."""
+
+    __tablename__ = "order_transitions"
+    __table_args__ = (Index("ix_order_transitions_order_id", "order_id"),)
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    order_id: Mapped[int] = mapped_column(ForeignKey("orders.id"))
+    at: Mapped[datetime] = mapped_column(default=utcnow)
+    from_status: Mapped[str] = mapped_column(String(32))
+    to_status: Mapped[str] = mapped_column(String(32))
+    event_id: Mapped[str | None] = mapped_column(String(255))
+    actor: Mapped[str | None] = mapped_column(String(255))
+
+
+class Fulfillment(Base):
+    """The one fulfillment of a paid order (UNIQUE order_id makes it exactly once)."""
+
+    __tablename__ = "fulfillments"
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    order_id: Mapped[int] = mapped_column(ForeignKey("orders.id"), unique=True)
+    fulfilled_at: Mapped[datetime] = mapped_column(default=utcnow)
+    source: Mapped[str] = mapped_column(String(16))  # webhook | manual | reconcile
+    actor: Mapped[str | None] = mapped_column(String(255))
+    reason: Mapped[str | None] = mapped_column(Text)
+    event_id: Mapped[str | None] = mapped_column(String(255))
+
+
+class FulfillmentRequest(Base):
+    """A request for a guarded manual fulfillment; approved by someone else."""
+
+    __tablename__ = "fulfillment_requests"
+    __table_args__ = (Index("ix_fulfillment_requests_order_id", "order_id"),)
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    order_id: Mapped[int] = mapped_column(ForeignKey("orders.id"))
+    requested_by: Mapped[str] = mapped_column(String(255))
+    requested_at: Mapped[datetime] = mapped_column(default=utcnow)
+    reason: Mapped[str] = mapped_column(Text)
+    status: Mapped[str] = mapped_column(String(16), default="pending")  # pending|done|rejected
+    decided_by: Mapped[str | None] = mapped_column(String(255))
+    decided_at: Mapped[datetime | None]
+    outcome: Mapped[str | None] = mapped_column(Text)
+
+
+class PaymentAttempt(Base):
+    """One charge attempt (keyed by the charge id, or the PaymentIntent id when no charge)."""
+
+    __tablename__ = "payment_attempts"
+    __table_args__ = (
+        Index("ix_payment_attempts_created", "created"),
+        Index("ix_payment_attempts_order_id", "order_id"),
+        Index("ix_payment_attempts_payment_intent_id", "payment_intent_id"),
+        Index("ix_payment_attempts_card_fingerprint", "card_fingerprint", "created"),
+        Index("ix_payment_attempts_card_last4", "card_last4"),
+        Index("ix_payment_attempts_email", "email"),
+        Index("ix_payment_attempts_customer_id", "customer_id"),
+        Index("ix_payment_attempts_ip_address", "ip_address"),
+    )
+
+    id: Mapped[str] = mapped_column(String(255), primary_key=True)
+    payment_intent_id: Mapped[str | None] = mapped_column(String(255))
+    order_id: Mapped[int | None] = mapped_column(ForeignKey("orders.id"))
+    customer_id: Mapped[str | None] = mapped_column(String(255))
+    email: Mapped[str | None] = mapped_column(String(320))
+    card_fingerprint: Mapped[str | None] = mapped_column(String(64))
+    card_last4: Mapped[str | None] = mapped_column(String(4))
+    card_brand: Mapped[str | None] = mapped_column(String(32))
+    ip_address: Mapped[str | None] = mapped_column(String(64))
+    promotion_code: Mapped[str | None] = mapped_column(String(255))
+    amount: Mapped[int] = mapped_column(BigInteger, default=0)
+    currency: Mapped[str | None] = mapped_column(String(3))
+    outcome: Mapped[str] = mapped_column(String(16))  # succeeded | failed
+    failure_code: Mapped[str | None] = mapped_column(String(64))
+    decline_code: Mapped[str | None] = mapped_column(String(64))
+    network_status: Mapped[str | None] = mapped_column(String(64))
+    failure_message: Mapped[str | None] = mapped_column(Text)
+    created: Mapped[datetime]
+    event_id: Mapped[str | None] = mapped_column(String(255))
+
+
+# --- Risk and alerts ---------------------------------------------------------------------------
+
+
+class RiskFlag(Base):
+    """A suspicious burst of failed attempts for one entity."""
+
+    __tablename__ = "risk_flags"
+    __table_args__ = (
+        Index("ix_risk_flags_entity", "entity_kind", "entity_value", "window_start"),
+        Index("ix_risk_flags_status", "status"),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    entity_kind: Mapped[str] = mapped_column(String(32))  # card|customer|email|ip|promotion_code
+    entity_value: Mapped[str] = mapped_column(String(320))
+    pattern: Mapped[str] = mapped_column(String(32), default="burst")  # burst | card_testing
+    window_start: Mapped[datetime]
+    window_end: Mapped[datetime]
+    failures: Mapped[int] = mapped_column(Integer)
+    distinct_cards: Mapped[int] = mapped_column(Integer, default=0)
+    status: Mapped[str] = mapped_column(String(16), default="open")  # open|confirmed|dismissed
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    reviewed_by: Mapped[str | None] = mapped_column(String(255))
+    reviewed_at: Mapped[datetime | None]
+    note: Mapped[str | None] = mapped_column(Text)
+
+
+class Alert(Base):
+    """An alert raised for a condition; at most one per condition per window."""
+
+    __tablename__ = "alerts"
+    __table_args__ = (UniqueConstraint("condition", "window_start"),)
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    condition: Mapped[str] = mapped_column(String(255))
+    window_start: Mapped[datetime]
+    raised_at: Mapped[datetime] = mapped_column(default=utcnow)
+    message: Mapped[str] = mapped_column(Text)
+    delivered_at: Mapped[datetime | None]
+    delivery_attempts: Mapped[int] = mapped_column(Integer, default=0)
+    last_error: Mapped[str | None] = mapped_column(Text)
+
+
+# --- Staff, sessions, audit --------------------------------------------------------------------
+
+
+class LoginAttempt(Base):
+    """A login attempt, successful or not; lockout counts failures from here."""
+
+    __tablename__ = "login_attempts"
+    __table_args__ = (Index("ix_login_attempts_username_at", "username", "at"),)
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    username: Mapped[str] = mapped_column(String(255))
+    at: Mapped[datetime] = mapped_column(default=utcnow)
+    succeeded: Mapped[bool] = mapped_column(Boolean)
+
+
+class UserSession(Base):
+    """A dashboard session. Only the token's hash is stored."""
+
+    __tablename__ = "user_sessions"
+    __table_args__ = (Index("ix_user_sessions_username", "username"),)
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    username: Mapped[str] = mapped_column(String(255))
+    role: Mapped[str] = mapped_column(String(16))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[datetime]
+    last_seen_at: Mapped[datetime] = mapped_column(default=utcnow)
+    revoked_at: Mapped[datetime | None]
+    revoked_reason: Mapped[str | None] = mapped_column(String(64))
+
+
+class StripeAction(Base):
+    """A mutating call to Stripe, with the idempotency key chosen for it (reused on retry)."""
+
+    __tablename__ = "stripe_actions"
+    __table_args__ = (UniqueConstraint("action_key"),)
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    action_key: Mapped[str] = mapped_column(String(255))  # what makes two clicks the same action
+    kind: Mapped[str] = mapped_column(String(64))
+    idempotency_key: Mapped[str] = mapped_column(String(255))
+    actor: Mapped[str] = mapped_column(String(255))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    status: Mapped[str] = mapped_column(String(16), default="pending")  # pending|succeeded|failed
+    stripe_request_id: Mapped[str | None] = mapped_column(String(255))
+    result_id: Mapped[str | None] = mapped_column(String(255))
+    error: Mapped[str | None] = mapped_column(Text)
+
+
+class AuditEntry(Base):
+    """Append-only, hash-chained log of operator actions and security events."""
+
+    __tablename__ = "audit_log"
+    __table_args__ = (Index("ix_audit_log_at", "at"), Index("ix_audit_log_actor", "actor"))
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    at: Mapped[datetime] = mapped_column(default=utcnow)
+    actor: Mapped[str] = mapped_column(String(255))
+    role: Mapped[str | None] = mapped_column(String(16))
+    action: Mapped[str] = mapped_column(String(64))
+    target: Mapped[str | None] = mapped_column(String(255))
+    details: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    stripe_request_id: Mapped[str | None] = mapped_column(String(255))
+    idempotency_key: Mapped[str | None] = mapped_column(String(255))
+    prev_hash: Mapped[str] = mapped_column(String(64))
+    hash: Mapped[str] = mapped_column(String(64), unique=True)

@@ -1,0 +1,156 @@
+"""The order state machine.
+
+An order's status is not stored blindly from the latest event: each event records a *fact*
+(paid at, refunded amount, disputed at, ...) that is only ever set or increased, and the status
+is derived from the facts. Facts never go away, so the status only moves forward, and any
+permutation of an order's events ends in the same state.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import or_, select, update
+from sqlalchemy.orm import Session
+
+from core.db import insert_ignore
+from core.models import Order, OrderTransition, PaymentAttempt, utcnow
+
+# Forward order of statuses; a higher rank is never replaced by a lower one.
+STATUSES = (
+    "pending",
+    "expired",
+    "failed",
+    "paid",
+    "fulfilled",
+    "partially_refunded",
+    "refunded",
+    "disputed",
+)
+RANK = {status: rank for rank, status in enumerate(STATUSES)}
+UNFULFILLABLE = frozenset({"partially_refunded", "refunded", "disputed", "failed", "expired"})
+
+
+def derive_status(order: Order) -> str:
+    if order.disputed_at is not None:
+        return "disputed"
+    if order.amount_refunded > 0:
+        full = order.amount_total > 0 and order.amount_refunded >= order.amount_total
+        return "refunded" if full else "partially_refunded"
+    if order.fulfilled_at is not None:
+        return "fulfilled"
+    if order.paid_at is not None:
+        return "paid"
+    if order.failed_at is not None:
+        return "failed"
+    if order.expired_at is not None:
+        return "expired"
+    return "pending"
+
+
+def refresh_status(
+    session: Session, order: Order, *, event_id: str | None, actor: str | None, at: datetime
+) -> str:
+    """Recompute the status from the facts; record a transition when it moves."""
+    new = derive_status(order)
+    old = order.status
+    if new != old:
+        if RANK[new] < RANK.get(old, 0):  # pragma: no cover - facts make this impossible
+            raise AssertionError(f"order {order.id} would move back from {old} to {new}")
+        order.status = new
+        order.updated_at = at
+        session.flush()
+        session.add(
+            OrderTransition(
+                order_id=order.id,
+                at=at,
+                from_status=old,
+                to_status=new,
+                event_id=event_id,
+                actor=actor,
+            )
+        )
+    return new
+
+
+def _earliest(current: datetime | None, candidate: datetime) -> datetime:
+    return candidate if current is None or candidate < current else current
+
+
+def lock_order(
+    session: Session,
+    *,
+    checkout_session_id: str | None = None,
+    payment_intent_id: str | None = None,
+    defaults: dict[str, Any] | None = None,
+) -> Order:
+    """The order for a Checkout Session or PaymentIntent, created if missing, row-locked.
+
+    An event about a payment can arrive before the session's completion: the order is then
+    created from the PaymentIntent alone and joined to its session when that arrives."""
+    if not checkout_session_id and not payment_intent_id:
+        raise ValueError("an order needs a Checkout Session id or a PaymentIntent id")
+    values: dict[str, Any] = {"status": "pending", "amount_total": 0, "amount_refunded": 0}
+    values.update(defaults or {})
+    values["checkout_session_id"] = checkout_session_id
+    values["payment_intent_id"] = payment_intent_id
+    values.setdefault("created_at", utcnow())
+    values["updated_at"] = values["created_at"]
+    insert_ignore(session, Order, values)
+    keys = []
+    if checkout_session_id:
+        keys.append(Order.checkout_session_id == checkout_session_id)
+    if payment_intent_id:
+        keys.append(Order.payment_intent_id == payment_intent_id)
+    rows = (
+        session.execute(select(Order).where(or_(*keys)).order_by(Order.id).with_for_update())
+        .scalars()
+        .all()
+    )
+    order = rows[0]
+    if len(rows) == 1:  # two rows (one per key) would clash on the other unique key: keep both
+        if checkout_session_id and order.checkout_session_id is None:
+            order.checkout_session_id = checkout_session_id
+        if payment_intent_id and order.payment_intent_id is None:
+            order.payment_intent_id = payment_intent_id
+    return order
+
+
+def link_attempts(session: Session, order: Order) -> None:
+    """Attach payment attempts that arrived before their order."""
+    if order.payment_intent_id:
+        session.execute(
+            update(PaymentAttempt)
+            .where(
+                PaymentAttempt.payment_intent_id == order.payment_intent_id,
+                PaymentAttempt.order_id.is_(None),
+            )
+            .values(order_id=order.id)
+        )
+
+
+def mark_paid(order: Order, at: datetime) -> None:
+    order.paid_at = _earliest(order.paid_at, at)
+
+
+def mark_failed(order: Order, at: datetime) -> None:
+    order.failed_at = _earliest(order.failed_at, at)
+
+
+def mark_expired(order: Order, at: datetime) -> None:
+    order.expired_at = _earliest(order.expired_at, at)
+
+
+def mark_refunded(order: Order, amount_refunded: int, at: datetime) -> None:
+    if amount_refunded > order.amount_refunded:
+        order.amount_refunded = amount_refunded
+        order.refunded_at = _earliest(order.refunded_at, at)
+
+
+def mark_disputed(order: Order, at: datetime) -> None:
+    order.disputed_at = _earliest(order.disputed_at, at)
+
+
+def can_fulfill(order: Order) -> bool:
+    return order.paid_at is not None and derive_status(order) == "paid"

@@ -1,0 +1,12 @@
+"""Wiring shared by the receiver, the command line and the dashboard: what a process builds
+once from its settings."""
+
+from __future__ import annotations
+
+from core.handlers import Context
+from core.settings import Settings
+
+
+def webhook_context(settings: Settings) -> Context:
+    """The handler context for this deployment's settings."""
+    return Context(expected_livemode=settings.expected_livemode)

@@ -1,0 +1,379 @@
+"""Verify Stripe webhook deliveries, record every one, apply every event exactly once.
+
+`verify` is pure: raw bytes and a header in, a parsed event or a classified rejection out.
+`receive` is the whole webhook path of DESIGN.md: one transaction inserts the event, applies
+its handler and writes the delivery row; a duplicate changes nothing; a handler error rolls
+back and leaves a failed delivery row. No network call happens here.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import Engine, insert, select, update
+from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.orm import Session
+
+from core.db import insert_ignore, session_scope
+from core.handlers import HANDLERS, Context
+from core.models import StripeEvent, WebhookDelivery
+
+log = logging.getLogger(__name__)
+
+MAX_BODY_BYTES = 256 * 1024
+SIGNATURE_SCHEME = "v1"
+MAX_ERROR_CHARS = 500
+
+
+class Rejection(Exception):
+    """A delivery that is not a verified, well-formed Stripe event. `reason` is a short code."""
+
+    def __init__(self, reason: str, detail: str, status: int = 400) -> None:
+        super().__init__(detail)
+        self.reason = reason
+        self.detail = detail
+        self.status = status
+
+
+# The complete list of rejection reasons, with the message a caller may see.
+REASONS: dict[str, str] = {
+    "missing_header": "No Stripe-Signature header.",
+    "malformed_header": "The Stripe-Signature header is not of the form t=...,v1=....",
+    "no_v1_signature": "The Stripe-Signature header has no v1 signature.",
+    "no_matching_signature": "No signature matches the payload for any configured secret.",
+    "timestamp_too_old": "The signature's timestamp is older than the tolerance.",
+    "timestamp_in_future": "The signature's timestamp is further in the future than the tolerance.",
+    "body_not_utf8": "The body is not valid UTF-8.",
+    "invalid_json": "The body is not valid JSON.",
+    "not_an_event": "The body is not a Stripe event object.",
+    "unsupported_event_format": "Thin (v2) events are not supported by this endpoint.",
+    "body_too_large": f"The body is larger than {MAX_BODY_BYTES} bytes.",
+}
+
+
+def _reject(reason: str, status: int = 400) -> Rejection:
+    return Rejection(reason, REASONS[reason], status)
+
+
+@dataclass(frozen=True)
+class SignatureHeader:
+    timestamp: int
+    v1: tuple[str, ...]
+
+
+def parse_signature_header(header: str | None) -> SignatureHeader:
+    if header is None or not header.strip():
+        raise _reject("missing_header")
+    if not header.isascii() or len(header) > 4096:
+        raise _reject("malformed_header")
+    timestamp: int | None = None
+    signatures: list[str] = []
+    for item in header.split(","):
+        key, sep, value = item.strip().partition("=")
+        if not sep or not key:
+            raise _reject("malformed_header")
+        if key == "t":
+            if timestamp is not None or not value.isdigit() or len(value) > 12:
+                raise _reject("malformed_header")
+            timestamp = int(value)
+        elif key == SIGNATURE_SCHEME:
+            signatures.append(value.strip())
+    if timestamp is None:
+        raise _reject("malformed_header")
+    if not signatures:
+        raise _reject("no_v1_signature")
+    return SignatureHeader(timestamp, tuple(signatures))
+
+
+def compute_signature(secret: str, timestamp: int, payload: bytes) -> str:
+    signed = str(timestamp).encode("ascii") + b"." + payload
+    return hmac.new(secret.encode("utf-8"), signed, hashlib.sha256).hexdigest()
+
+
+def sign(payload: bytes, secret: str, timestamp: int | None = None) -> str:
+    """A Stripe-Signature header value for `payload` (tests, the demo and benchmarks)."""
+    ts = int(time.time()) if timestamp is None else timestamp
+    return f"t={ts},{SIGNATURE_SCHEME}={compute_signature(secret, ts, payload)}"
+
+
+def verify(
+    payload: bytes,
+    header: str | None,
+    secrets: Sequence[str],
+    tolerance: int,
+    now: float | None = None,
+) -> dict[str, Any]:
+    """Return the verified event, or raise Rejection with the reason.
+
+    Checks every secret (rotation), applies the tolerance to stale *and* future timestamps,
+    and turns every malformed input into a Rejection, never another exception."""
+    if not secrets:
+        raise ValueError("no webhook secret configured")
+    if tolerance <= 0:
+        raise ValueError("tolerance must be positive")
+    if len(payload) > MAX_BODY_BYTES:
+        raise _reject("body_too_large", 413)
+    parsed = parse_signature_header(header)
+    expected = [compute_signature(secret, parsed.timestamp, payload) for secret in secrets]
+    if not any(
+        hmac.compare_digest(candidate.encode("ascii"), wanted.encode("ascii"))
+        for candidate in parsed.v1
+        for wanted in expected
+    ):
+        raise _reject("no_matching_signature")
+    current = time.time() if now is None else now
+    if parsed.timestamp < current - tolerance:
+        raise _reject("timestamp_too_old")
+    if parsed.timestamp > current + tolerance:
+        raise _reject("timestamp_in_future")
+    try:
+        text = payload.decode("utf-8")
+    except UnicodeDecodeError:
+        raise _reject("body_not_utf8") from None
+    try:
+        event = json.loads(text)
+    except (ValueError, RecursionError):
+        raise _reject("invalid_json") from None
+    return check_event_shape(event)
+
+
+def check_event_shape(event: Any) -> dict[str, Any]:
+    """The fields the webhook path relies on, with their types."""
+    if not isinstance(event, dict):
+        raise _reject("not_an_event")
+    if event.get("object") == "v2.core.event" or (
+        "related_object" in event and "data" not in event
+    ):
+        raise _reject("unsupported_event_format")
+    data = event.get("data")
+    if (
+        event.get("object") != "event"
+        or not isinstance(event.get("id"), str)
+        or not event["id"].startswith("evt_")
+        or len(event["id"]) > 255
+        or not isinstance(event.get("type"), str)
+        or not event["type"]
+        or len(event["type"]) > 255
+        or not isinstance(event.get("created"), int)
+        or isinstance(event.get("created"), bool)
+        or not isinstance(event.get("livemode"), bool)
+        or not isinstance(data, dict)
+        or not isinstance(data.get("object"), dict)
+    ):
+        raise _reject("not_an_event")
+    return event
+
+
+# --- Recording and applying --------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What the receiver answers: an HTTP status and a small JSON body."""
+
+    status: int
+    result: str
+    reason: str | None = None
+    event_id: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def body(self) -> dict[str, Any]:
+        body: dict[str, Any] = {"result": self.result}
+        if self.reason:
+            body["reason"] = self.reason
+        if self.event_id:
+            body["event_id"] = self.event_id
+        return body
+
+
+def _insert_ignore(session: Session, values: dict[str, Any]) -> bool:
+    return insert_ignore(session, StripeEvent, values, ["id"])
+
+
+def _event_row(event: dict[str, Any], source: str, now: datetime) -> dict[str, Any]:
+    obj = event["data"]["object"]
+    return {
+        "id": event["id"],
+        "type": event["type"],
+        "created": datetime.fromtimestamp(event["created"], UTC),
+        "livemode": event["livemode"],
+        "api_version": event.get("api_version")
+        if isinstance(event.get("api_version"), str)
+        else None,
+        "object_id": obj.get("id") if isinstance(obj.get("id"), str) else None,
+        "status": "failed",  # set to its real status once applied, in the same transaction
+        "deliveries": 1,
+        "first_received_at": now,
+        "source": source,
+        "payload": event,
+    }
+
+
+def apply_event(session: Session, event: dict[str, Any], ctx: Context, source: str) -> str:
+    """Insert `event` and apply it once. Returns `processed`, `ignored` or `duplicate`.
+
+    Runs inside the caller's transaction; a handler error propagates and the caller rolls
+    back. A concurrent transaction inserting the same id blocks on the unique key until this
+    one ends, then sees the row: that is what makes concurrent duplicates harmless."""
+    now = ctx.now()
+    if not _insert_ignore(session, _event_row(event, source, now)):
+        row = session.execute(
+            select(StripeEvent).where(StripeEvent.id == event["id"]).with_for_update()
+        ).scalar_one()
+        row.deliveries += 1
+        if row.status != "failed":
+            return "duplicate"
+        # An earlier attempt failed and was rolled back: this delivery applies it now.
+        row.source = source
+    status = _dispatch(session, event, ctx)
+    session.execute(
+        update(StripeEvent)
+        .where(StripeEvent.id == event["id"])
+        .values(status=status, processed_at=now, last_error=_ignore_note(event, ctx))
+    )
+    return status
+
+
+def _ignore_note(event: dict[str, Any], ctx: Context) -> str | None:
+    if ctx.expected_livemode is not None and event["livemode"] != ctx.expected_livemode:
+        return "livemode does not match the configured Stripe key"
+    return None
+
+
+def _dispatch(session: Session, event: dict[str, Any], ctx: Context) -> str:
+    if _ignore_note(event, ctx):
+        return "ignored"
+    handler = HANDLERS.get(event["type"])
+    if handler is None:
+        return "ignored"
+    handler(session, event, ctx)
+    return "processed"
+
+
+def record_failure(session: Session, event: dict[str, Any], error: str, now: datetime) -> None:
+    """Keep a failed event visible (and replayable) after its handler was rolled back."""
+    row = _event_row(event, "webhook", now)
+    row["last_error"] = error
+    if not _insert_ignore(session, row):
+        existing = session.execute(
+            select(StripeEvent).where(StripeEvent.id == event["id"]).with_for_update()
+        ).scalar_one()
+        existing.deliveries += 1
+        if existing.status == "failed":
+            existing.last_error = error
+
+
+def safe_error(exc: BaseException) -> str:
+    """A short description of a handler error for the tables: type and message, no traceback."""
+    text = f"{type(exc).__name__}: {exc}"
+    return text[:MAX_ERROR_CHARS]
+
+
+def receive(
+    engine: Engine,
+    payload: bytes,
+    header: str | None,
+    *,
+    secrets: Sequence[str],
+    tolerance: int,
+    ctx: Context,
+    remote_addr: str | None = None,
+    too_large: bool = False,
+) -> Outcome:
+    """The whole webhook path for one HTTP request. Never raises for bad input."""
+    started = time.perf_counter()
+    received_at = ctx.now()
+
+    def delivery(**values: Any) -> dict[str, Any]:
+        return {
+            "received_at": received_at,
+            "remote_addr": remote_addr,
+            "body_bytes": len(payload),
+            "duration_ms": (time.perf_counter() - started) * 1000,
+            **values,
+        }
+
+    try:
+        if too_large:
+            raise _reject("body_too_large", 413)
+        event = verify(payload, header, secrets, tolerance, now=received_at.timestamp())
+    except Rejection as rejection:
+        outcome = Outcome(rejection.status, "rejected", rejection.reason)
+        _write_rejection(engine, delivery, outcome)
+        return outcome
+
+    base = {"event_id": event["id"], "event_type": event["type"], "verified": True}
+    try:
+        with session_scope(engine) as session:
+            result = apply_event(session, event, ctx, "webhook")
+            status = 200
+            session.execute(
+                insert(WebhookDelivery).values(
+                    **delivery(**base, http_status=status, outcome=result)
+                )
+            )
+        return Outcome(status, result, event_id=event["id"])
+    except (OperationalError, DBAPIError) as exc:
+        if _is_unavailable(exc):
+            log.error("webhook %s: database unavailable", event["id"])
+            return Outcome(503, "error", "database_unavailable", event_id=event["id"])
+        error = safe_error(exc.orig if exc.orig is not None else exc)
+    except Exception as exc:
+        error = safe_error(exc)
+
+    log.error("webhook %s (%s) failed: %s", event["id"], event["type"], error)
+    try:
+        with session_scope(engine) as session:
+            record_failure(session, event, error, received_at)
+            session.execute(
+                insert(WebhookDelivery).values(
+                    **delivery(**base, http_status=500, outcome="failed", error=error)
+                )
+            )
+    except Exception as exc:
+        log.error("webhook %s: could not record the failure: %s", event["id"], safe_error(exc))
+    return Outcome(500, "error", "processing_failed", event_id=event["id"])
+
+
+def _write_rejection(engine: Engine, delivery: Any, outcome: Outcome) -> None:
+    try:
+        with session_scope(engine) as session:
+            session.execute(
+                insert(WebhookDelivery).values(
+                    **delivery(
+                        verified=False,
+                        rejection_reason=outcome.reason,
+                        http_status=outcome.status,
+                        outcome="rejected",
+                    )
+                )
+            )
+    except Exception as exc:
+        # A rejection is answered even when it cannot be recorded.
+        log.error("could not record a rejected delivery (%s): %s", outcome.reason, safe_error(exc))
+
+
+def _is_unavailable(exc: DBAPIError) -> bool:
+    if exc.connection_invalidated:
+        return True
+    text = str(exc.orig).lower() if exc.orig is not None else ""
+    return any(
+        marker in text
+        for marker in (
+            "connection refused",
+            "could not connect",
+            "unable to open database",
+            "server closed the connection",
+            "connection timeout",
+            "the database system is shutting down",
+            "terminating connection",
+        )
+    )

@@ -1,0 +1,134 @@
+"""The public webhook receiver: read the raw body, hand it to core, answer. Nothing else.
+
+uvicorn receiver.app:app --host 127.0.0.1 --port 8000
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    generate_latest,
+)
+from sqlalchemy import Engine, text
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from core import webhooks
+from core.db import get_engine
+from core.handlers import Context
+from core.runtime import webhook_context
+from core.settings import Settings, get_settings
+
+log = logging.getLogger("receiver")
+
+
+@dataclass
+class State:
+    settings: Settings
+    engine: Engine
+    secrets: list[str]
+    ctx: Context
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.deliveries = Counter(
+            "webhook_deliveries",
+            "Webhook deliveries by outcome and rejection reason",
+            ["outcome", "reason"],
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "webhook_processing_seconds",
+            "Time to verify, record and apply one delivery",
+            ["outcome"],
+            registry=self.registry,
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+        )
+
+
+async def _read_capped(request: Request, limit: int) -> tuple[bytes, bool]:
+    """The raw body, or (prefix, True) when it exceeds `limit` bytes."""
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit:
+        return b"", True
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            return b"", True
+        chunks.append(chunk)
+    return b"".join(chunks), False
+
+
+def create_app(settings: Settings | None = None) -> Starlette:
+    metrics = Metrics()
+    state: dict[str, State] = {}
+
+    @asynccontextmanager
+    async def lifespan(_app: Starlette) -> AsyncIterator[None]:
+        conf = settings or get_settings()
+        secrets = conf.require_webhook_secrets()  # refuse to start without one
+        engine = get_engine(conf.database_url)
+        state["s"] = State(conf, engine, secrets, webhook_context(conf))
+        yield
+
+    async def stripe_webhook(request: Request) -> Response:
+        s = state["s"]
+        started = time.perf_counter()
+        body, too_large = await _read_capped(request, webhooks.MAX_BODY_BYTES)
+        outcome = await run_in_threadpool(
+            webhooks.receive,
+            s.engine,
+            body,
+            request.headers.get("stripe-signature"),
+            secrets=s.secrets,
+            tolerance=s.settings.stripe_webhook_tolerance,
+            ctx=s.ctx,
+            remote_addr=request.client.host if request.client else None,
+            too_large=too_large,
+        )
+        metrics.deliveries.labels(outcome.result, outcome.reason or "").inc()
+        metrics.latency.labels(outcome.result).observe(time.perf_counter() - started)
+        return JSONResponse(outcome.body(), status_code=outcome.status)
+
+    async def healthz(_request: Request) -> Response:
+        try:
+            await run_in_threadpool(_ping, state["s"].engine)
+        except Exception:
+            return JSONResponse({"status": "unhealthy", "database": "unavailable"}, 503)
+        return JSONResponse({"status": "ok", "database": "ok"})
+
+    async def prometheus(_request: Request) -> Response:
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    return Starlette(
+        routes=[
+            Route("/webhooks/stripe", stripe_webhook, methods=["POST"]),
+            Route("/healthz", healthz, methods=["GET"]),
+            Route("/metrics", prometheus, methods=["GET"]),
+        ],
+        lifespan=lifespan,
+    )
+
+
+def _ping(engine: Engine) -> None:
+    with engine.connect() as conn:
+        conn.execute(text("SELECT 1"))
+
+
+app = create_app()
