@@ -206,9 +206,11 @@ class PaymentAttempt(Base):
         Index("ix_payment_attempts_payment_intent_id", "payment_intent_id"),
         Index("ix_payment_attempts_card_fingerprint", "card_fingerprint", "created"),
         Index("ix_payment_attempts_card_last4", "card_last4"),
-        Index("ix_payment_attempts_email", "email"),
-        Index("ix_payment_attempts_customer_id", "customer_id"),
-        Index("ix_payment_attempts_ip_address", "ip_address"),
+        # (entity, created): burst detection reads one entity's attempts over a time window.
+        Index("ix_payment_attempts_email", "email", "created"),
+        Index("ix_payment_attempts_customer_id", "customer_id", "created"),
+        Index("ix_payment_attempts_ip_address", "ip_address", "created"),
+        Index("ix_payment_attempts_promotion_code", "promotion_code", "created"),
     )
 
     id: Mapped[str] = mapped_column(String(255), primary_key=True)
