@@ -1,0 +1,335 @@
+"""Every piece of data the dashboard shows, and the only module with `st.cache_*`.
+
+Each public function checks the actor's permission in core first (the navigation hiding a
+page is not the control), then returns a briefly cached result of a read-only query from
+core.metrics. Caches are keyed by database URL and by the exact inputs; emails are masked
+after the cache, per actor, so one role's view never leaks into another's.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
+from datetime import datetime
+from typing import Any, ParamSpec, TypeVar
+
+import pandas as pd
+import streamlit as st
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session
+
+from core import metrics
+from core.access import Actor, allowed, mask_email, require
+from core.db import get_engine, session_scope
+from core.metrics import Grain, OrderDetail, Period, RetryStats, TimelineEntry
+from core.settings import get_settings
+
+# Aggregates a minute old are fine for trends; a lookup should show what just happened.
+METRICS_TTL_S = 60
+LOOKUP_TTL_S = 10
+CACHE_ENTRIES = 256
+UNAVAILABLE = "The database is not reachable right now. Try again in a minute."
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def _url() -> str:
+    return get_settings().database_url
+
+
+@contextmanager
+def _read(url: str) -> Iterator[Session]:
+    with session_scope(get_engine(url), write=False) as session:
+        yield session
+
+
+def _guarded(func: Callable[P, R]) -> Callable[P, R]:
+    """A database outage becomes a short message on the page, not a stack trace."""
+
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return func(*args, **kwargs)
+        except SQLAlchemyError:
+            st.error(UNAVAILABLE, icon=":material/cloud_off:")
+            st.stop()
+            raise  # st.stop() raises; this keeps the type checker informed
+
+    wrapper.__name__ = func.__name__
+    wrapper.__doc__ = func.__doc__
+    return wrapper
+
+
+def clear() -> None:
+    """Forget every cached result (tests; after an operator action that changes data)."""
+    for cached in _CACHED:
+        cached.clear()
+
+
+# --- Overview ----------------------------------------------------------------------------------
+
+
+@st.cache_data(ttl=METRICS_TTL_S, max_entries=CACHE_ENTRIES, show_spinner=False)
+def _overview(url: str, start: datetime, end: datetime) -> metrics.Overview:
+    with _read(url) as session:
+        return metrics.overview(session, Period(start, end))
+
+
+@_guarded
+def overview(actor: Actor, period: Period) -> tuple[metrics.Overview, metrics.Overview]:
+    """The period's figures and those of the period before it."""
+    require(actor, "metrics.view")
+    before = period.previous()
+    return _overview(_url(), period.start, period.end), _overview(_url(), before.start, before.end)
+
+
+# --- Payments ----------------------------------------------------------------------------------
+
+
+@st.cache_data(ttl=METRICS_TTL_S, max_entries=CACHE_ENTRIES, show_spinner=False)
+def _payment_rates(url: str, start: datetime, end: datetime, grain: Grain) -> pd.DataFrame:
+    period = Period(start, end)
+    with _read(url) as session:
+        raw = metrics.payment_rates(session, period, grain, dedupe_cards=False)
+        cards = metrics.payment_rates(session, period, grain, dedupe_cards=True)
+    cards = cards.rename(
+        columns={
+            "attempts": "cards",
+            "succeeded": "cards_succeeded",
+            "failed": "cards_failed",
+            "success_rate": "success_rate_per_card",
+            "decline_rate": "decline_rate_per_card",
+        }
+    )
+    return raw.merge(cards, on="bucket", how="outer").sort_values("bucket", ignore_index=True)
+
+
+@_guarded
+def payment_rates(actor: Actor, period: Period, grain: Grain) -> pd.DataFrame:
+    """Per bucket: attempts and rates counted raw, and per card (deduplicated by fingerprint)."""
+    require(actor, "metrics.view")
+    return _payment_rates(_url(), period.start, period.end, grain)
+
+
+@st.cache_data(ttl=METRICS_TTL_S, max_entries=CACHE_ENTRIES, show_spinner=False)
+def _decline_reasons(url: str, start: datetime, end: datetime) -> pd.DataFrame:
+    with _read(url) as session:
+        return metrics.decline_reasons(session, Period(start, end))
+
+
+@_guarded
+def decline_reasons(actor: Actor, period: Period) -> pd.DataFrame:
+    require(actor, "metrics.view")
+    return _decline_reasons(_url(), period.start, period.end)
+
+
+@st.cache_data(ttl=METRICS_TTL_S, max_entries=CACHE_ENTRIES, show_spinner=False)
+def _volume_by_currency(url: str, start: datetime, end: datetime, grain: Grain) -> pd.DataFrame:
+    with _read(url) as session:
+        return metrics.volume_by_currency(session, Period(start, end), grain)
+
+
+@_guarded
+def volume_by_currency(actor: Actor, period: Period, grain: Grain) -> pd.DataFrame:
+    """Succeeded volume per bucket and currency, in integer minor units."""
+    require(actor, "metrics.view")
+    return _volume_by_currency(_url(), period.start, period.end, grain)
+
+
+# --- Orders ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class OrderPage:
+    """One page of search results and how many orders match in all."""
+
+    orders: pd.DataFrame
+    total: int
+
+
+@st.cache_data(ttl=LOOKUP_TTL_S, max_entries=CACHE_ENTRIES, show_spinner=False)
+def _search_orders(url: str, query: str, limit: int, offset: int) -> OrderPage:
+    with _read(url) as session:
+        return OrderPage(
+            metrics.search_orders(session, query, limit=limit, offset=offset),
+            metrics.count_orders(session, query),
+        )
+
+
+@_guarded
+def search_orders(actor: Actor, query: str, *, limit: int, offset: int) -> OrderPage:
+    """Orders matching `query` (email, order id, cs_, pi_, cus_, ch_, card last4), newest first."""
+    require(actor, "orders.view")
+    page = _search_orders(_url(), query.strip(), limit, offset)
+    if _sees_full_emails(actor):
+        return page
+    masked = page.orders.copy()
+    masked["customer_email"] = masked["customer_email"].map(mask_email)
+    return OrderPage(masked, page.total)
+
+
+@st.cache_data(ttl=LOOKUP_TTL_S, max_entries=CACHE_ENTRIES, show_spinner=False)
+def _order(url: str, order_id: int) -> OrderDetail | None:
+    with _read(url) as session:
+        return metrics.get_order(session, order_id)
+
+
+@_guarded
+def order(actor: Actor, order_id: int) -> OrderDetail | None:
+    require(actor, "orders.view")
+    found = _order(_url(), order_id)
+    if found is None or _sees_full_emails(actor):
+        return found
+    return replace(found, customer_email=mask_email(found.customer_email))
+
+
+@st.cache_data(ttl=LOOKUP_TTL_S, max_entries=CACHE_ENTRIES, show_spinner=False)
+def _timeline(url: str, order_id: int) -> list[TimelineEntry]:
+    with _read(url) as session:
+        return metrics.order_timeline(session, order_id)
+
+
+@_guarded
+def timeline(actor: Actor, order_id: int) -> list[TimelineEntry]:
+    """The order's one timeline, oldest first; emails inside it masked unless allowed."""
+    require(actor, "orders.view")
+    entries = _timeline(_url(), order_id)
+    if _sees_full_emails(actor):
+        return entries
+    return [
+        replace(entry, title=_mask_text(entry.title), detail=_mask_value(entry.detail))
+        for entry in entries
+    ]
+
+
+def _sees_full_emails(actor: Actor) -> bool:
+    return allowed(actor.role, "emails.view_full")
+
+
+_EMAIL = re.compile(r"[^\s@<>()\[\],;:\"']+@[^\s@<>()\[\],;:\"']+")
+
+
+def _mask_text(text: str) -> str:
+    return _EMAIL.sub(lambda match: mask_email(match.group(0)) or "", text)
+
+
+def _mask_value(value: Any) -> Any:
+    """Mask every email inside a timeline detail (free text from Stripe and operators)."""
+    if isinstance(value, str):
+        return _mask_text(value)
+    if isinstance(value, dict):
+        return {key: _mask_value(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_mask_value(item) for item in value]
+    return value
+
+
+# --- Webhooks ----------------------------------------------------------------------------------
+
+
+@st.cache_data(ttl=METRICS_TTL_S, max_entries=CACHE_ENTRIES, show_spinner=False)
+def _deliveries_by_day(url: str, start: datetime, end: datetime) -> pd.DataFrame:
+    with _read(url) as session:
+        return metrics.deliveries_by_day(session, Period(start, end))
+
+
+@_guarded
+def deliveries_by_day(actor: Actor, period: Period) -> pd.DataFrame:
+    require(actor, "metrics.view")
+    return _deliveries_by_day(_url(), period.start, period.end)
+
+
+@st.cache_data(ttl=METRICS_TTL_S, max_entries=CACHE_ENTRIES, show_spinner=False)
+def _retry_stats(url: str, start: datetime, end: datetime) -> RetryStats:
+    with _read(url) as session:
+        return metrics.retry_stats(session, Period(start, end))
+
+
+@_guarded
+def retry_stats(actor: Actor, period: Period) -> RetryStats:
+    require(actor, "metrics.view")
+    return _retry_stats(_url(), period.start, period.end)
+
+
+@st.cache_data(ttl=METRICS_TTL_S, max_entries=CACHE_ENTRIES, show_spinner=False)
+def _signature_failures(url: str, start: datetime, end: datetime) -> pd.DataFrame:
+    with _read(url) as session:
+        return metrics.signature_failures(session, Period(start, end))
+
+
+@_guarded
+def signature_failures(actor: Actor, period: Period) -> pd.DataFrame:
+    require(actor, "metrics.view")
+    return _signature_failures(_url(), period.start, period.end)
+
+
+@dataclass(frozen=True)
+class TablePage:
+    rows: pd.DataFrame
+    total: int
+
+
+@st.cache_data(ttl=LOOKUP_TTL_S, max_entries=CACHE_ENTRIES, show_spinner=False)
+def _processing_failures(
+    url: str, start: datetime, end: datetime, limit: int, offset: int
+) -> TablePage:
+    period = Period(start, end)
+    with _read(url) as session:
+        return TablePage(
+            metrics.processing_failures(session, period, limit=limit, offset=offset),
+            metrics.count_processing_failures(session, period),
+        )
+
+
+@_guarded
+def processing_failures(actor: Actor, period: Period, *, limit: int, offset: int) -> TablePage:
+    """Deliveries whose handler failed, newest first, one page at a time."""
+    require(actor, "metrics.view")
+    return _processing_failures(_url(), period.start, period.end, limit, offset)
+
+
+@st.cache_data(ttl=METRICS_TTL_S, max_entries=CACHE_ENTRIES, show_spinner=False)
+def _webhook_lag(url: str, start: datetime, end: datetime) -> pd.DataFrame:
+    with _read(url) as session:
+        return metrics.webhook_lag(session, Period(start, end))
+
+
+@_guarded
+def webhook_lag(actor: Actor, period: Period) -> pd.DataFrame:
+    require(actor, "metrics.view")
+    return _webhook_lag(_url(), period.start, period.end)
+
+
+@st.cache_data(ttl=LOOKUP_TTL_S, max_entries=CACHE_ENTRIES, show_spinner=False)
+def _oldest_failing_events(url: str, limit: int) -> TablePage:
+    with _read(url) as session:
+        return TablePage(
+            metrics.oldest_failing_events(session, limit=limit),
+            metrics.count_failing_events(session),
+        )
+
+
+@_guarded
+def oldest_failing_events(actor: Actor, *, limit: int = 20) -> TablePage:
+    """Events whose processing still fails, oldest first, and how many fail in all."""
+    require(actor, "metrics.view")
+    return _oldest_failing_events(_url(), limit)
+
+
+_CACHED = (
+    _overview,
+    _payment_rates,
+    _decline_reasons,
+    _volume_by_currency,
+    _search_orders,
+    _order,
+    _timeline,
+    _deliveries_by_day,
+    _retry_stats,
+    _signature_failures,
+    _processing_failures,
+    _webhook_lag,
+    _oldest_failing_events,
+)

@@ -1,0 +1,288 @@
+"""Small UI pieces the pages share: period picker, pager, money, charts, CSV download.
+
+Widgets only draw and read input; they never fetch data (that is dashboard/data.py)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from datetime import UTC, date, datetime, time, timedelta
+from typing import TypeVar
+
+import pandas as pd
+import plotly.graph_objects as go
+import streamlit as st
+from streamlit.delta_generator import DeltaGenerator
+
+from core.metrics import Period
+from core.money import format_minor, to_major
+
+PRESETS: dict[str, int] = {
+    "Last 24 hours": 1,
+    "Last 7 days": 7,
+    "Last 30 days": 30,
+    "Last 90 days": 90,
+}
+CUSTOM = "Custom dates"
+GRAINS = ("hour", "day", "week")
+# A chart never draws more than this many buckets (aggregated in SQL, not in the browser).
+MAX_BUCKETS = 2_000
+_HOURS_PER_GRAIN = {"hour": 1, "day": 24, "week": 24 * 7}
+T = TypeVar("T")
+
+
+# --- Formatting --------------------------------------------------------------------------------
+
+
+def money(amount: int | None, currency: str | None) -> str:
+    """Integer minor units in the currency's own format (JPY 500, USD 12.34, KWD 1.500)."""
+    return format_minor(int(amount or 0), currency)
+
+
+def percent(rate: float | None) -> str:
+    return "–" if rate is None else f"{rate:.1%}"
+
+
+def count_delta(current: int, previous: int) -> str | None:
+    """'+12 (+8.0%)' against the previous period; None when nothing to compare."""
+    diff = current - previous
+    if previous == 0:
+        return None if diff == 0 else f"{diff:+,}"
+    return f"{diff:+,} ({diff / previous:+.1%})"
+
+
+def rate_delta(current: float | None, previous: float | None) -> str | None:
+    """A change of a rate, in percentage points."""
+    if current is None or previous is None:
+        return None
+    return f"{(current - previous) * 100:+.1f} pp"
+
+
+def money_delta(current: int, previous: int, currency: str) -> str | None:
+    diff = current - previous
+    if diff == 0 and previous == 0:
+        return None
+    sign = "+" if diff >= 0 else "-"
+    text = f"{sign}{money(abs(diff), currency)}"
+    return f"{text} ({diff / previous:+.1%})" if previous else text
+
+
+# --- Inputs ------------------------------------------------------------------------------------
+
+
+def period_picker(key: str, default: str = "Last 30 days") -> Period:
+    """The period a page looks at; the previous period of the same length is its comparison."""
+    options = [*PRESETS, CUSTOM]
+    choice = st.selectbox("Period", options, index=options.index(default), key=f"{key}_period")
+    if choice != CUSTOM:
+        # To the next whole minute: the same period (and cache entry) for a minute of reruns.
+        now = datetime.now(UTC).replace(second=0, microsecond=0) + timedelta(minutes=1)
+        return Period.last(PRESETS[choice], now=now)
+    today = datetime.now(UTC).date()
+    picked = st.date_input(
+        "From / to (UTC, inclusive)",
+        value=(today - timedelta(days=6), today),
+        max_value=today,
+        key=f"{key}_dates",
+    )
+    start, end = _date_range(picked, today)
+    return Period(
+        datetime.combine(start, time.min, UTC),
+        datetime.combine(end + timedelta(days=1), time.min, UTC),
+    )
+
+
+def _date_range(picked: object, today: date) -> tuple[date, date]:
+    if isinstance(picked, date):
+        return picked, picked
+    if isinstance(picked, Sequence) and picked:
+        values = [value for value in picked if isinstance(value, date)]
+        if values:
+            return min(values), max(values)
+    return today, today
+
+
+def grain_picker(period: Period, key: str) -> str:
+    """hour / day / week, refusing grains that would draw more than MAX_BUCKETS points."""
+    hours = max((period.end - period.start).total_seconds() / 3600, 1)
+    usable = [g for g in GRAINS if hours / _HOURS_PER_GRAIN[g] <= MAX_BUCKETS]
+    default = "day" if "day" in usable and hours > 72 else usable[0]
+    return str(
+        st.segmented_control(
+            "Granularity", usable, default=default, key=f"{key}_grain", required=True
+        )
+        or default
+    )
+
+
+def page_offset(key: str, page_size: int) -> int:
+    """Offset of the page the user chose (read before the query, drawn after it by `pager`)."""
+    page = st.session_state.get(f"{key}_page") or 1
+    return (int(page) - 1) * page_size
+
+
+def pager(total: int, page_size: int, key: str) -> None:
+    """Page buttons under a table of `total` rows; a rerun shows the chosen page."""
+    pages = max(math.ceil(total / page_size), 1)
+    if pages > 1:
+        st.pagination(pages, key=f"{key}_page")
+
+
+def reset_pager_on_change(key: str, value: object) -> None:
+    """Back to page one when the query behind a paged table changes."""
+    marker = f"{key}_paged_for"
+    if st.session_state.get(marker) != value:
+        st.session_state[marker] = value
+        st.session_state.pop(f"{key}_page", None)
+
+
+# --- Output ------------------------------------------------------------------------------------
+
+
+def line_chart(
+    frame: pd.DataFrame,
+    x: str,
+    series: Mapping[str, str],
+    *,
+    title: str,
+    percent_axis: bool = False,
+    key: str,
+) -> None:
+    """One line per column of `series` (column -> legend label)."""
+    figure = go.Figure()
+    for column, label in series.items():
+        figure.add_trace(go.Scatter(x=frame[x], y=frame[column], mode="lines+markers", name=label))
+    _layout(figure, title)
+    if percent_axis:
+        figure.update_yaxes(tickformat=".0%", rangemode="tozero")
+    st.plotly_chart(figure, key=key)
+
+
+def stacked_bars(frame: pd.DataFrame, x: str, stack: str, y: str, *, title: str, key: str) -> None:
+    """Bars of `y` per `x`, stacked by the values of `stack` (e.g. outcome)."""
+    figure = go.Figure()
+    for name, part in frame.groupby(stack, sort=True):
+        figure.add_trace(go.Bar(x=part[x], y=part[y], name=str(name)))
+    figure.update_layout(barmode="stack")
+    _layout(figure, title)
+    st.plotly_chart(figure, key=key)
+
+
+def bars(frame: pd.DataFrame, x: str, y: str, *, title: str, key: str) -> None:
+    figure = go.Figure(go.Bar(x=frame[x], y=frame[y]))
+    _layout(figure, title)
+    st.plotly_chart(figure, key=key)
+
+
+def _layout(figure: go.Figure, title: str) -> None:
+    figure.update_layout(
+        title=title, margin={"l": 10, "r": 10, "t": 40, "b": 10}, height=320, hovermode="x unified"
+    )
+
+
+def csv_download(frame: pd.DataFrame, file_name: str, *, label: str, key: str) -> None:
+    """Exactly the rows and columns on screen, as CSV."""
+    st.download_button(
+        label,
+        frame.to_csv(index=False).encode(),
+        file_name=file_name,
+        mime="text/csv",
+        key=key,
+        on_click="ignore",
+        icon=":material/download:",
+    )
+
+
+def refusal(message: str) -> None:
+    st.error(message, icon=":material/block:")
+
+
+def period_label(period: Period) -> str:
+    fmt = "%Y-%m-%d %H:%M"
+    return f"{period.start:{fmt}} – {period.end:{fmt}}"
+
+
+def grid(items: Sequence[T], per_row: int) -> list[tuple[DeltaGenerator, T]]:
+    """Lay items out in rows of `per_row` columns; each item with the column to draw it in."""
+    placed: list[tuple[DeltaGenerator, T]] = []
+    for row in range(0, len(items), per_row):
+        chunk = items[row : row + per_row]
+        placed.extend(zip(st.columns(per_row), chunk, strict=False))
+    return placed
+
+
+_MARKDOWN_SPECIALS = "\\`*_{}[]()<>#+-.!|$:~"
+
+
+def escape_markdown(text: str) -> str:
+    """Data shown inside st.markdown is text, never markup (ids, emails, decline messages)."""
+    return "".join("\\" + char if char in _MARKDOWN_SPECIALS else char for char in text)
+
+
+# --- Tables ------------------------------------------------------------------------------------
+
+
+def orders_table(orders: pd.DataFrame) -> pd.DataFrame:
+    """Search results as people read them: money per currency, no minor units."""
+    return pd.DataFrame(
+        {
+            "order": orders["id"],
+            "created (UTC)": orders["created_at"].dt.strftime("%Y-%m-%d %H:%M"),
+            "email": orders["customer_email"],
+            "amount": [
+                money(amount, currency)
+                for amount, currency in zip(orders["amount_total"], orders["currency"], strict=True)
+            ],
+            "status": orders["status"],
+            "checkout session": orders["checkout_session_id"],
+            "payment intent": orders["payment_intent_id"],
+            "customer": orders["customer_id"],
+        }
+    )
+
+
+def order_labels(orders: pd.DataFrame) -> dict[int, str]:
+    """'#12 · jenny@example.com · USD 25.00 · fulfilled' for each order id."""
+    labels: dict[int, str] = {}
+    for record in orders.to_dict("records"):
+        email = record["customer_email"] or "no email"
+        amount = money(int(record["amount_total"]), record["currency"])
+        labels[int(record["id"])] = f"#{record['id']} · {email} · {amount} · {record['status']}"
+    return labels
+
+
+def describe(detail: Mapping[str, object]) -> str:
+    """A timeline entry's facts as one line, leaving out what is empty."""
+    parts = []
+    for key, value in detail.items():
+        if value is None or value == "" or value == {}:
+            continue
+        if isinstance(value, datetime):
+            value = f"{value:%Y-%m-%d %H:%M:%S}"
+        elif isinstance(value, float):
+            value = f"{value:.1f}"
+        parts.append(f"{key.replace('_', ' ')}: {value}")
+    return " · ".join(parts)
+
+
+def money_table(frame: pd.DataFrame, amount: str = "amount") -> pd.DataFrame:
+    """A copy of `frame` whose `amount` column is formatted in each row's currency."""
+    shown = frame.copy()
+    shown[amount] = [
+        money(value, currency)
+        for value, currency in zip(frame[amount], frame["currency"], strict=True)
+    ]
+    return shown
+
+
+def currency_lines(frame: pd.DataFrame, *, title: str, key: str) -> None:
+    """One line per currency, in major units (for the eye only; totals stay integers)."""
+    figure = go.Figure()
+    for currency, part in frame.groupby("currency", sort=True):
+        code = str(currency)
+        major = [to_major(int(value), code) for value in part["amount"]]
+        figure.add_trace(
+            go.Scatter(x=part["bucket"], y=major, mode="lines+markers", name=code.upper())
+        )
+    _layout(figure, title)
+    st.plotly_chart(figure, key=key)

@@ -1,0 +1,88 @@
+"""Orders: find an order, then read its one timeline."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from dashboard import data, widgets
+from dashboard.auth import require
+
+PAGE_SIZE = 25
+KIND_BADGES = {
+    "state": ":blue-badge[state]",
+    "attempt": ":orange-badge[payment]",
+    "event": ":violet-badge[event]",
+    "delivery": ":gray-badge[delivery]",
+    "fulfillment": ":green-badge[fulfillment]",
+    "operator": ":red-badge[operator]",
+}
+
+actor = require("orders.view")
+
+st.title("Orders")
+query = st.text_input(
+    "Search orders",
+    key="orders_query",
+    placeholder="Email, order id, cs_…, pi_…, cus_… or card last4",
+    help="Exact ids and last4 match exactly; an email matches from its start.",
+).strip()
+widgets.reset_pager_on_change("orders", query)
+
+if not query:
+    st.info(
+        "Search by email, order id, Checkout Session id, PaymentIntent id, customer id "
+        "or card last4."
+    )
+    st.stop()
+
+offset = widgets.page_offset("orders", PAGE_SIZE)
+results = data.search_orders(actor, query, limit=PAGE_SIZE, offset=offset)
+if results.total == 0 or results.orders.empty:
+    st.warning(f"No order matches “{query}”.")
+    st.stop()
+
+shown = len(results.orders)
+st.caption(f"{results.total:,} order(s) match; showing {offset + 1}–{offset + shown}.")
+st.dataframe(widgets.orders_table(results.orders), hide_index=True, key="orders_results")
+widgets.pager(results.total, PAGE_SIZE, "orders")
+
+labels = widgets.order_labels(results.orders)
+only_one = results.total == 1
+chosen = st.selectbox(
+    "Open order",
+    list(labels),
+    index=0 if only_one else None,
+    format_func=labels.__getitem__,
+    placeholder="Choose an order to see its timeline",
+    key=f"orders_open_{query}_{offset}",
+)
+if chosen is None:
+    st.stop()
+
+order = data.order(actor, chosen)
+if order is None:
+    st.warning("This order no longer exists.")
+    st.stop()
+
+st.header(f"Order {order.id}")
+status, amount, refunded, email = st.columns(4)
+status.metric("Status", order.status)
+amount.metric("Amount", widgets.money(order.amount_total, order.currency))
+refunded.metric("Refunded", widgets.money(order.amount_refunded, order.currency))
+email.metric("Customer email", order.customer_email or "–")
+st.markdown(
+    f"Checkout Session `{order.checkout_session_id or '–'}` · "
+    f"PaymentIntent `{order.payment_intent_id or '–'}` · Customer `{order.customer_id or '–'}`"
+)
+
+st.subheader("Timeline")
+entries = data.timeline(actor, chosen)
+if not entries:
+    st.info("Nothing recorded for this order yet.")
+for entry in entries:
+    badge = KIND_BADGES.get(entry.kind, f":gray-badge[{entry.kind}]")
+    line = f"`{entry.at:%Y-%m-%d %H:%M:%S}` {badge} **{widgets.escape_markdown(entry.title)}**"
+    detail = widgets.describe(entry.detail)
+    if detail:
+        line += f" — {widgets.escape_markdown(detail)}"
+    st.markdown(line)

@@ -1,0 +1,90 @@
+"""Overview: the chosen period against the one before it."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from dashboard import data, widgets
+from dashboard.auth import require
+
+actor = require("metrics.view")
+
+st.title("Overview")
+period = widgets.period_picker("overview")
+st.caption(
+    f"{widgets.period_label(period)} compared with {widgets.period_label(period.previous())} (UTC)"
+)
+now, before = data.overview(actor, period)
+
+st.subheader("Payment volume")
+currencies = sorted(set(now.volume_by_currency) | set(before.volume_by_currency))
+if not currencies:
+    st.info("No successful payments in this period.")
+for column, currency in widgets.grid(currencies, per_row=4):
+    current = now.volume_by_currency.get(currency, 0)
+    previous = before.volume_by_currency.get(currency, 0)
+    column.metric(
+        currency.upper(),
+        widgets.money(current, currency),
+        widgets.money_delta(current, previous, currency),
+        border=True,
+    )
+
+st.subheader("Payments")
+attempts, success, decline = st.columns(3)
+attempts.metric(
+    "Payment attempts", f"{now.attempts:,}", widgets.count_delta(now.attempts, before.attempts)
+)
+success.metric(
+    "Success rate",
+    widgets.percent(now.success_rate),
+    widgets.rate_delta(now.success_rate, before.success_rate),
+)
+decline.metric(
+    "Decline rate",
+    widgets.percent(now.decline_rate),
+    widgets.rate_delta(now.decline_rate, before.decline_rate),
+    delta_color="inverse",
+)
+
+st.subheader("Refunds and disputes")
+refunds, refunded, disputes = st.columns(3)
+refunds.metric(
+    "Refunded orders",
+    f"{now.refunded_orders:,}",
+    widgets.count_delta(now.refunded_orders, before.refunded_orders),
+    delta_color="inverse",
+)
+refunded.markdown(
+    "**Refunded amount**\n\n"
+    + (
+        "\n\n".join(
+            widgets.money(amount, currency)
+            for currency, amount in sorted(now.refunded_amount_by_currency.items())
+        )
+        or "–"
+    )
+)
+disputes.metric(
+    "Disputed orders",
+    f"{now.disputed_orders:,}",
+    widgets.count_delta(now.disputed_orders, before.disputed_orders),
+    delta_color="inverse",
+)
+
+st.subheader("Needs attention")
+failures, unfulfilled, risk = st.columns(3)
+failures.metric(
+    "Webhook failures",
+    f"{now.webhook_failures:,}",
+    widgets.count_delta(now.webhook_failures, before.webhook_failures),
+    delta_color="inverse",
+    help="Deliveries rejected or failed in processing.",
+)
+unfulfilled.metric(
+    "Paid, not fulfilled",
+    f"{now.paid_not_fulfilled:,}",
+    widgets.count_delta(now.paid_not_fulfilled, before.paid_not_fulfilled),
+    delta_color="inverse",
+)
+risk.metric("Open risk flags", f"{now.open_risk_flags:,}")

@@ -1,0 +1,79 @@
+"""Payments: success and decline rates over time, decline reasons, volumes by currency."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from dashboard import data, widgets
+from dashboard.auth import require
+
+actor = require("metrics.view")
+
+st.title("Payments")
+period = widgets.period_picker("payments")
+grain = widgets.grain_picker(period, "payments")
+st.caption(f"{widgets.period_label(period)} (UTC), by {grain}")
+
+st.subheader("Success and decline rates")
+st.caption(
+    "“All attempts” counts every try; “per card” counts each card once per bucket "
+    "(deduplicated by card fingerprint, as Stripe recommends), so one customer retrying "
+    "a declined card does not drag the rate down."
+)
+rates = data.payment_rates(actor, period, grain)
+if rates.empty:
+    st.info("No payment attempts in this period.")
+else:
+    widgets.line_chart(
+        rates,
+        "bucket",
+        {
+            "success_rate": "Success (all attempts)",
+            "success_rate_per_card": "Success (per card)",
+            "decline_rate": "Decline (all attempts)",
+            "decline_rate_per_card": "Decline (per card)",
+        },
+        title="Rates",
+        percent_axis=True,
+        key="payments_rates_chart",
+    )
+    st.dataframe(rates, hide_index=True, key="payments_rates_table")
+    widgets.csv_download(
+        rates, f"payment-rates-{grain}.csv", label="Download rates (CSV)", key="payments_rates_csv"
+    )
+
+st.subheader("Decline reasons")
+reasons = data.decline_reasons(actor, period)
+if reasons.empty:
+    st.info("No declines in this period.")
+else:
+    widgets.bars(
+        reasons,
+        "decline_code",
+        "failures",
+        title="Declines by reason",
+        key="payments_reasons_chart",
+    )
+    st.dataframe(reasons, hide_index=True, key="payments_reasons_table")
+    widgets.csv_download(
+        reasons,
+        "decline-reasons.csv",
+        label="Download decline reasons (CSV)",
+        key="payments_reasons_csv",
+    )
+
+st.subheader("Volume by currency")
+st.caption("Successful payments only; each currency on its own, never added across currencies.")
+volume = data.volume_by_currency(actor, period, grain)
+if volume.empty:
+    st.info("No successful payments in this period.")
+else:
+    widgets.currency_lines(volume, title="Volume", key="payments_volume_chart")
+    shown = widgets.money_table(volume)
+    st.dataframe(shown, hide_index=True, key="payments_volume_table")
+    widgets.csv_download(
+        shown.assign(amount_minor_units=volume["amount"]),
+        f"volume-by-currency-{grain}.csv",
+        label="Download volumes (CSV)",
+        key="payments_volume_csv",
+    )

@@ -1,0 +1,85 @@
+"""Webhooks: is Stripe reaching us, and are we applying what it sends?"""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from dashboard import data, widgets
+from dashboard.auth import require
+
+FAILURES_PAGE = 20
+
+actor = require("metrics.view")
+
+st.title("Webhooks")
+period = widgets.period_picker("webhooks", default="Last 7 days")
+st.caption(f"{widgets.period_label(period)} (UTC)")
+
+st.subheader("Deliveries per day")
+deliveries = data.deliveries_by_day(actor, period)
+if deliveries.empty:
+    st.info("No deliveries in this period.")
+else:
+    widgets.stacked_bars(
+        deliveries,
+        "day",
+        "outcome",
+        "deliveries",
+        title="Deliveries by outcome",
+        key="wh_deliveries",
+    )
+
+st.subheader("Retries")
+retries = data.retry_stats(actor, period)
+events, retried, most = st.columns(3)
+events.metric("Events received", f"{retries.events:,}")
+retried.metric(
+    "Needed more than one delivery",
+    f"{retries.events_with_retries:,}",
+    widgets.percent(retries.retry_share),
+    delta_color="off",
+)
+most.metric("Most deliveries of one event", f"{retries.max_deliveries:,}")
+if not retries.distribution.empty:
+    widgets.bars(
+        retries.distribution, "deliveries", "events", title="Deliveries per event", key="wh_retries"
+    )
+
+left, right = st.columns(2)
+with left:
+    st.subheader("Signature failures")
+    signatures = data.signature_failures(actor, period)
+    if signatures.empty:
+        st.success("No rejected deliveries.")
+    else:
+        st.dataframe(signatures, hide_index=True, key="wh_signatures")
+with right:
+    st.subheader("Processing failures")
+    offset = widgets.page_offset("wh_failures", FAILURES_PAGE)
+    failures = data.processing_failures(actor, period, limit=FAILURES_PAGE, offset=offset)
+    if failures.total == 0:
+        st.success("No delivery failed in processing.")
+    else:
+        st.caption(f"{failures.total:,} failed deliveries, newest first.")
+        st.dataframe(failures.rows, hide_index=True, key="wh_failures")
+        widgets.pager(failures.total, FAILURES_PAGE, "wh_failures")
+
+st.subheader("Lag")
+st.caption("From Stripe's `created` to our first receipt, and to the event being processed.")
+lag = data.webhook_lag(actor, period)
+if lag.empty:
+    st.info("No events in this period.")
+else:
+    st.dataframe(lag, hide_index=True, key="wh_lag")
+
+st.subheader("Oldest events still failing")
+failing = data.oldest_failing_events(actor, limit=20)
+if failing.total == 0:
+    st.success("No event is failing.")
+else:
+    st.caption(f"{failing.total:,} events still failing; the {len(failing.rows)} oldest:")
+    st.dataframe(failing.rows, hide_index=True, key="wh_failing")
+
+# --- Webhook endpoint health ---------------------------------------------------------------------
+# Another engineer adds the "Webhook endpoint health" section here (Stripe's view of the endpoint:
+# enabled events, status, API version), below everything computed from our own tables.
