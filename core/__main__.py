@@ -14,6 +14,8 @@ from core.settings import ConfigError
 # `run(args) -> int`, imported only when its command is used.
 COMMANDS: dict[str, tuple[str, str]] = {
     "migrate": ("core.cli.migrate", "create or upgrade the database schema"),
+    "users": ("core.cli.users", "manage dashboard users and end their sessions"),
+    "audit": ("core.cli.audit", "verify the audit log's hash chain, or list entries"),
 }
 
 

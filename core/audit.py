@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select, text
+from sqlalchemy import func, select, text
 from sqlalchemy.orm import Session
 
 from core.access import Actor
@@ -114,5 +114,61 @@ def verify_entries(entries: Iterable[AuditEntry]) -> ChainStatus:
 
 def verify(session: Session) -> ChainStatus:
     """Walk the whole chain in id order."""
-    rows = session.execute(select(AuditEntry).order_by(AuditEntry.id)).scalars()
+    rows = session.execute(
+        select(AuditEntry).order_by(AuditEntry.id).execution_options(yield_per=1000)
+    ).scalars()
     return verify_entries(rows)
+
+
+# --- Reading the log (the audit page and `python -m core audit list`) ------------------------
+
+
+@dataclass(frozen=True)
+class AuditFilter:
+    actor: str | None = None
+    action: str | None = None
+    since: datetime | None = None  # inclusive
+    until: datetime | None = None  # exclusive
+
+
+@dataclass(frozen=True)
+class AuditPage:
+    rows: list[AuditEntry]
+    total: int  # rows matching the filter, over all pages
+
+
+def _where(filters: AuditFilter) -> list[Any]:
+    clauses: list[Any] = []
+    if filters.actor:
+        clauses.append(AuditEntry.actor == filters.actor)
+    if filters.action:
+        clauses.append(AuditEntry.action == filters.action)
+    if filters.since is not None:
+        clauses.append(AuditEntry.at >= filters.since)
+    if filters.until is not None:
+        clauses.append(AuditEntry.at < filters.until)
+    return clauses
+
+
+def search(
+    session: Session, filters: AuditFilter, *, limit: int = 50, offset: int = 0
+) -> AuditPage:
+    """One page of entries matching `filters`, newest first."""
+    clauses = _where(filters)
+    total = session.execute(
+        select(func.count()).select_from(AuditEntry).where(*clauses)
+    ).scalar_one()
+    rows = session.execute(
+        select(AuditEntry)
+        .where(*clauses)
+        .order_by(AuditEntry.id.desc())
+        .limit(max(1, limit))
+        .offset(max(0, offset))
+    ).scalars()
+    return AuditPage(list(rows), int(total))
+
+
+def distinct_values(session: Session, column: str) -> list[str]:
+    """The actors or actions present, for filter choices."""
+    attribute = {"actor": AuditEntry.actor, "action": AuditEntry.action}[column]
+    return list(session.execute(select(attribute).distinct().order_by(attribute)).scalars())
