@@ -1,0 +1,673 @@
+"""Receiver benchmark: verified events per second at saturation and latency at a moderate rate,
+for the real receiver on SQLite and on PostgreSQL, and for the floor of its stack.
+
+    python -m bench receiver        (or `make bench`; BENCH_SECONDS=3 for a quick trial)
+
+Every request carries a distinct Stripe-shaped event (checkout.session.completed,
+payment_intent.succeeded and payment_intent.payment_failed, built from Stripe's examples in
+tests/fixtures) signed with core.webhooks.sign just before each phase, so every delivery goes
+through verification, the handler and the database. The load comes from other processes that
+do no signing while they run:
+
+- saturation: wrk (bench/loadgen.lua) walks a file of pre-signed requests; only 2xx answers whose
+  result is "processed" count;
+- latency: an open-loop paced generator (`python -m bench.receiver pace ...`, raw sockets)
+  sends at a fixed rate whatever the answers' speed, and times each request from the moment it
+  is written to the moment its whole answer is read.
+
+Servers run as the receiver runs in production: `uvicorn receiver.app:app`, one worker, on
+127.0.0.1, against a freshly migrated database: a SQLite file (WAL, synchronous=NORMAL) and a
+throwaway PostgreSQL server with its normal durability (fsync and synchronous_commit on). The
+floor (bench/floor.py) is a bare endpoint on the same uvicorn that only checks the HMAC and
+inserts the event id. Every phase lasts BENCH_SECONDS; every process stops by itself.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import glob
+import json
+import math
+import os
+import pwd
+import queue
+import shutil
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+from sqlalchemy import text
+
+from bench.common import ROOT, write_section
+from core import migrate
+from core.db import make_engine
+from core.webhooks import sign
+
+SECRET = "whsec_bench_local_only_not_a_real_secret"
+FIXTURES = ROOT / "tests" / "fixtures"  # Stripe's example objects, read as data
+LOADGEN = ROOT / "bench" / "loadgen.lua"
+COMMAND = "python -m bench receiver"
+
+TARGET_RATE = 1000  # verified events/s, SQLite, one worker
+TARGET_P99_MS = 10.0
+TARGET_FLOOR_SHARE = 0.5
+
+
+@dataclass(frozen=True)
+class Config:
+    seconds: int
+    rate: int  # moderate load for the latency phase, requests/s
+    connections: int  # wrk connections at saturation
+    wrk_threads: int
+    max_rate: int  # sizes the pool of unique events for the saturation phase
+    warmup: int
+    targets: tuple[str, ...]
+
+    @classmethod
+    def from_env(cls) -> Config:
+        def number(name: str, default: int) -> int:
+            return int(os.environ.get(name, default))
+
+        targets = os.environ.get("BENCH_TARGETS", "sqlite,postgres,floor")
+        return cls(
+            seconds=number("BENCH_SECONDS", 10),
+            rate=number("BENCH_RATE", 200),
+            connections=number("BENCH_CONNECTIONS", 32),
+            wrk_threads=number("BENCH_WRK_THREADS", 1),
+            max_rate=number("BENCH_MAX_RATE", 8000),
+            warmup=number("BENCH_WARMUP", 400),
+            targets=tuple(t.strip() for t in targets.split(",") if t.strip()),
+        )
+
+
+# --- Events -------------------------------------------------------------------------------------
+# Each kind is built once from Stripe's example objects with placeholders where events differ,
+# then every event is that template with its own ids: realistic shape, cheap to make 100k of.
+
+
+def _fixture(name: str) -> dict[str, Any]:
+    return dict(json.loads((FIXTURES / f"{name}.json").read_text()))
+
+
+def _event(event_type: str, obj: dict[str, Any]) -> dict[str, Any]:
+    evt = _fixture("event")
+    evt.update(
+        id="@@EVT@@",
+        type=event_type,
+        created=int(time.time()),
+        livemode=False,
+        api_version="2026-08-27.preview",
+        data={"object": obj},
+    )
+    return evt
+
+
+def _session_completed() -> dict[str, Any]:
+    obj = _fixture("checkout_session")
+    obj.update(
+        id="@@CS@@",
+        payment_intent="@@PI@@",
+        payment_status="paid",
+        status="complete",
+        amount_total="@@AMT@@",
+        amount_subtotal="@@AMT@@",
+        currency="usd",
+        customer="@@CUS@@",
+        created=int(time.time()) - 60,
+    )
+    obj["customer_details"]["email"] = "@@EMAIL@@"
+    return _event("checkout.session.completed", obj)
+
+
+def _intent(succeeded: bool) -> dict[str, Any]:
+    obj = _fixture("payment_intent")
+    obj.update(
+        id="@@PI@@",
+        amount="@@AMT@@",
+        currency="usd",
+        customer="@@CUS@@",
+        canceled_at=None,
+        client_secret=None,
+        status="succeeded" if succeeded else "requires_payment_method",
+        latest_charge="@@CH@@",
+        amount_received="@@AMT@@" if succeeded else 0,
+        last_payment_error=None,
+    )
+    if not succeeded:
+        method = _fixture("payment_method")
+        method["card"].update(fingerprint="@@FP@@", last4="0341")
+        obj["last_payment_error"] = {
+            "type": "card_error",
+            "code": "card_declined",
+            "decline_code": "insufficient_funds",
+            "charge": "@@CH@@",
+            "message": "Your card was declined.",
+            "payment_method": method,
+        }
+    kind = "payment_intent.succeeded" if succeeded else "payment_intent.payment_failed"
+    return _event(kind, obj)
+
+
+def event_bodies(count: int) -> list[bytes]:
+    """`count` distinct event bodies in a repeating mix of five: two paid Checkout Sessions, each
+    followed by its PaymentIntent's success, and one declined PaymentIntent."""
+    templates = {
+        name: json.dumps(evt, separators=(",", ":")).replace('"@@AMT@@"', "@@AMT@@")
+        for name, evt in (
+            ("session", _session_completed()),
+            ("succeeded", _intent(True)),
+            ("failed", _intent(False)),
+        )
+    }
+    cycle = (("session", 0), ("succeeded", 0), ("session", 1), ("succeeded", 1), ("failed", 2))
+    bodies = []
+    for i in range(count):
+        kind, offset = cycle[i % len(cycle)]
+        k = 3 * (i // len(cycle)) + offset  # one payment: a session and its intent share k
+        body = templates[kind]
+        for placeholder, value in (
+            ("@@EVT@@", f"evt_bench{i:010d}"),
+            ("@@CS@@", f"cs_test_bench{k:010d}"),
+            ("@@PI@@", f"pi_bench{k:010d}"),
+            ("@@CH@@", f"ch_bench{k:010d}"),
+            ("@@CUS@@", f"cus_bench{k % 5000:06d}"),
+            ("@@EMAIL@@", f"buyer{k % 5000}@example.com"),
+            ("@@FP@@", f"fpbench{k % 2000:09d}"),
+            ("@@AMT@@", str(500 + (k * 37) % 20000)),
+        ):
+            body = body.replace(placeholder, value)
+        bodies.append(body.encode())
+    return bodies
+
+
+def write_requests(path: Path, bodies: Sequence[bytes]) -> None:
+    """One pre-signed delivery per line, `<Stripe-Signature>\\t<body>`, signed now."""
+    now = int(time.time())
+    with path.open("wb") as out:
+        for body in bodies:
+            out.write(sign(body, SECRET, now).encode() + b"\t" + body + b"\n")
+
+
+# --- Processes ----------------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _dies_with_parent(sig: int) -> Callable[[], None]:
+    """preexec_fn: the child gets `sig` when this process ends, however it ends."""
+
+    def preexec() -> None:
+        ctypes.CDLL(None, use_errno=True).prctl(1, sig)  # PR_SET_PDEATHSIG
+
+    return preexec
+
+
+def _stop(process: subprocess.Popen[bytes], sig: int = signal.SIGINT, timeout: float = 20) -> None:
+    if process.poll() is None:
+        process.send_signal(sig)
+        try:
+            process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+@contextmanager
+def uvicorn_server(app: str, env: dict[str, str], workdir: Path) -> Iterator[int]:
+    """`uvicorn app`, one worker, on 127.0.0.1 and a free port; yields the port once healthy."""
+    port = free_port()
+    log_path = workdir / f"{app.split(':')[0]}.log"
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "uvicorn", app, "--host", "127.0.0.1", "--port", str(port),
+             "--log-level", "warning", "--app-dir", str(ROOT)],
+            cwd=workdir,  # no stray .env is read
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            preexec_fn=_dies_with_parent(signal.SIGTERM),
+        )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            if process.poll() is not None:
+                raise RuntimeError(f"{app} exited at start-up:\n{log_path.read_text()[-2000:]}")
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{app} did not become healthy in 30 s")
+            time.sleep(0.1)
+        yield port
+    finally:
+        _stop(process)
+        errors = [ln for ln in log_path.read_text().splitlines() if ln.strip()]
+        if errors:
+            print(f"  {app} logged {len(errors)} lines, last: {errors[-1][:200]}")
+
+
+class Postgres:
+    """A throwaway PostgreSQL server with its normal durability settings (fsync and
+    synchronous_commit on): initdb into a temporary folder, 127.0.0.1, a free port."""
+
+    def __init__(self, workdir: Path) -> None:
+        found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
+        if not found:
+            raise RuntimeError("PostgreSQL is not installed (make system-deps installs it)")
+        self.bindir = Path(found[-1]).parent
+        self.root = workdir / "pg"
+        self.root.mkdir()
+        self.port = free_port()
+        self.as_user: str | None = None
+        if os.geteuid() == 0:  # PostgreSQL refuses to run as root
+            self.as_user = "postgres"
+            pw = pwd.getpwnam("postgres")
+            os.chown(self.root, pw.pw_uid, pw.pw_gid)
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def __enter__(self) -> Postgres:
+        subprocess.run(
+            [str(self.bindir / "initdb"), "-D", str(self.root / "data"), "-U", "postgres",
+             "-A", "trust", "-E", "UTF8", "--no-sync"],  # --no-sync: initdb's own files only
+            check=True, capture_output=True, user=self.as_user, group=self.as_user,
+        )  # fmt: skip
+        self.process = subprocess.Popen(
+            [str(self.bindir / "postgres"), "-D", str(self.root / "data"), "-h", "127.0.0.1",
+             "-p", str(self.port), "-k", str(self.root), "-c", "max_connections=100"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            preexec_fn=_dies_with_parent(signal.SIGINT),
+            user=self.as_user, group=self.as_user,
+        )  # fmt: skip
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            ready = subprocess.run(
+                [str(self.bindir / "pg_isready"), "-h", "127.0.0.1", "-p", str(self.port)],
+                capture_output=True,
+            )
+            if ready.returncode == 0:
+                return self
+            if self.process.poll() is not None:
+                raise RuntimeError("PostgreSQL exited during start-up")
+            time.sleep(0.1)
+        raise RuntimeError("PostgreSQL did not become ready in 30 s")
+
+    def __exit__(self, *_exc: object) -> None:
+        if self.process is not None:
+            _stop(self.process)
+
+    def url(self, database: str) -> str:
+        return f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/{database}"
+
+    def settings(self) -> str:
+        engine = make_engine(self.url("postgres"))
+        with engine.connect() as conn:
+            values = [
+                f"{name}={conn.execute(text(f'SHOW {name}')).scalar_one()}"
+                for name in ("fsync", "synchronous_commit", "full_page_writes", "wal_sync_method")
+            ]
+        engine.dispose()
+        return ", ".join(values)
+
+
+# --- Load ---------------------------------------------------------------------------------------
+
+
+def run_wrk(config: Config, port: int, requests: Path) -> dict[str, Any]:
+    command = [
+        "wrk", f"-t{config.wrk_threads}", f"-c{config.connections}", f"-d{config.seconds}s",
+        "--timeout", "5s", "-s", str(LOADGEN), f"http://127.0.0.1:{port}",
+        "--", str(requests), str(config.wrk_threads),
+    ]  # fmt: skip
+    done = subprocess.run(
+        command, capture_output=True, text=True, timeout=config.seconds + 60, check=True
+    )
+    for line in done.stdout.splitlines():
+        if line.startswith("BENCH "):
+            result: dict[str, Any] = json.loads(line.removeprefix("BENCH "))
+            result["rate"] = result["processed"] / (result["duration_us"] / 1e6)
+            return result
+    raise RuntimeError(f"wrk gave no result:\n{done.stdout}\n{done.stderr}")
+
+
+def run_paced(port: int, requests: Path, rate: int, seconds: float) -> dict[str, Any]:
+    """The paced generator, in its own process so it shares no interpreter with the server."""
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.receiver", "pace", str(requests), str(port), str(rate),
+         str(seconds)],
+        cwd=ROOT, capture_output=True, text=True, timeout=seconds + 60, check=True,
+    )  # fmt: skip
+    result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    return result
+
+
+def _read_answer(reader: IO[bytes]) -> tuple[bool, bool]:
+    """Read one HTTP/1.1 answer: (2xx with result "processed", server closes the connection)."""
+    status_line = reader.readline()
+    if not status_line:
+        raise ConnectionError("connection closed")
+    status = int(status_line.split(b" ", 2)[1])
+    length, close = 0, False
+    while (line := reader.readline()) not in (b"\r\n", b"\n", b""):
+        name, _, value = line.partition(b":")
+        name = name.strip().lower()
+        if name == b"content-length":
+            length = int(value)
+        elif name == b"connection" and value.strip().lower() == b"close":
+            close = True
+    body = reader.read(length)
+    return 200 <= status < 300 and b'"result":"processed"' in body, close
+
+
+def pace(requests_path: str, port: int, rate: float, seconds: float) -> dict[str, Any]:
+    """Send `rate` requests/s for `seconds` on a fixed schedule (open loop: a slow answer does not
+    delay the next request), from a pool of connections; time each request."""
+    framed = []
+    with open(requests_path, "rb") as lines:
+        for line in lines:
+            header, _, body = line.rstrip(b"\n").partition(b"\t")
+            framed.append(
+                b"POST /webhooks/stripe HTTP/1.1\r\nHost: 127.0.0.1:%d\r\n"
+                b"Content-Type: application/json\r\nStripe-Signature: %s\r\n"
+                b"Content-Length: %d\r\n\r\n%s" % (port, header, len(body), body)
+            )
+    total = min(len(framed), int(rate * seconds))
+    jobs: queue.SimpleQueue[tuple[int, float] | None] = queue.SimpleQueue()
+    samples: list[tuple[float, float, float, bool]] = []  # scheduled, sent, answered, processed
+    failures: list[str] = []
+
+    def connect() -> tuple[socket.socket, IO[bytes]]:
+        sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return sock, sock.makefile("rb")
+
+    def worker() -> None:
+        sock, reader = connect()
+        while (job := jobs.get()) is not None:
+            index, scheduled = job
+            sent = time.perf_counter()
+            try:
+                sock.sendall(framed[index])
+                processed, close = _read_answer(reader)
+            except (OSError, ValueError, IndexError) as exc:
+                failures.append(type(exc).__name__)
+                processed, close = False, True
+            samples.append((scheduled, sent, time.perf_counter(), processed))
+            if close:
+                sock.close()
+                sock, reader = connect()
+        sock.close()
+
+    workers = [threading.Thread(target=worker, daemon=True) for _ in range(max(8, int(rate) // 25))]
+    for thread in workers:
+        thread.start()
+    start = time.perf_counter() + 0.2
+    for index in range(total):
+        scheduled = start + index / rate
+        delay = scheduled - time.perf_counter()
+        if delay > 0:
+            time.sleep(delay)
+        jobs.put((index, scheduled))
+    for _ in workers:
+        jobs.put(None)
+    for thread in workers:
+        thread.join(timeout=30)
+    elapsed = max(s[2] for s in samples) - start if samples else 0.0
+    service = sorted((answered - sent) * 1000 for _, sent, answered, _ in samples)
+    overall = sorted((answered - scheduled) * 1000 for scheduled, _, answered, _ in samples)
+    lag = sorted((sent - scheduled) * 1000 for scheduled, sent, _, _ in samples)
+    return {
+        "sent": len(samples),
+        "processed": sum(1 for s in samples if s[3]),
+        "failures": len(failures),
+        "achieved_rate": len(samples) / elapsed if elapsed else 0.0,
+        "p50_ms": percentile(service, 50),
+        "p99_ms": percentile(service, 99),
+        "p999_ms": percentile(service, 99.9),
+        "max_ms": service[-1] if service else math.nan,
+        "p99_from_schedule_ms": percentile(overall, 99),
+        "p99_dispatch_lag_ms": percentile(lag, 99),
+    }
+
+
+def percentile(ordered: Sequence[float], q: float) -> float:
+    """Nearest-rank percentile of an ascending sequence."""
+    if not ordered:
+        return math.nan
+    return ordered[max(1, math.ceil(q / 100 * len(ordered))) - 1]
+
+
+# --- Targets ------------------------------------------------------------------------------------
+
+
+@dataclass
+class Measured:
+    name: str
+    saturated: dict[str, Any]
+    latency: dict[str, Any]
+    rows: str
+    answered_processed: int
+    stored_processed: int
+
+
+class Pool:
+    """Disjoint slices of one pool of distinct events for the phases of a target; every target
+    gets a fresh database, so the same pool serves them all."""
+
+    def __init__(self, config: Config) -> None:
+        self.warmup = config.warmup
+        self.latency = config.rate * config.seconds
+        self.saturate = config.max_rate * config.seconds
+        self.bodies = event_bodies(self.warmup + self.latency + self.saturate)
+
+    def slice(self, phase: str) -> Sequence[bytes]:
+        start = {"warmup": 0, "latency": self.warmup, "saturate": self.warmup + self.latency}
+        size = {"warmup": self.warmup, "latency": self.latency, "saturate": self.saturate}
+        return self.bodies[start[phase] : start[phase] + size[phase]]
+
+
+def drive(config: Config, pool: Pool, port: int, workdir: Path) -> tuple[dict[str, Any], ...]:
+    """Warm up, then the latency phase, then saturation; each phase signed just before it."""
+    requests = workdir / "requests.tsv"
+    write_requests(requests, pool.slice("warmup"))
+    warm = run_paced(port, requests, min(1000, config.warmup), 1)
+    write_requests(requests, pool.slice("latency"))
+    latency = run_paced(port, requests, config.rate, config.seconds)
+    write_requests(requests, pool.slice("saturate"))
+    saturated = run_wrk(config, port, requests)
+    requests.unlink()
+    return warm, latency, saturated
+
+
+def receiver_env(database_url: str) -> dict[str, str]:
+    env = {
+        name: value
+        for name, value in os.environ.items()
+        if not name.startswith(("STRIPE_", "DATABASE_", "SENTRY_", "ALERT_", "APP_"))
+    }
+    env.update(
+        DATABASE_URL=database_url,
+        STRIPE_WEBHOOK_SECRETS=SECRET,
+        STRIPE_WEBHOOK_TOLERANCE="300",
+        APP_ENV="development",
+    )
+    return env
+
+
+def _count_rows(url: str) -> tuple[int, str]:
+    engine = make_engine(url)
+    with engine.connect() as conn:
+
+        def count(sql: str) -> int:
+            return int(conn.execute(text(sql)).scalar_one())
+
+        processed = count("SELECT count(*) FROM stripe_events WHERE status = 'processed'")
+        rows = (
+            f"{processed} events processed, {count('SELECT count(*) FROM orders')} orders, "
+            f"{count('SELECT count(*) FROM fulfillments')} fulfillments, "
+            f"{count('SELECT count(*) FROM payment_attempts')} attempts, "
+            f"{count('SELECT count(*) FROM webhook_deliveries')} deliveries"
+        )
+    engine.dispose()
+    return processed, rows
+
+
+def measure_receiver(name: str, config: Config, pool: Pool, url: str, workdir: Path) -> Measured:
+    engine = make_engine(url)
+    migrate.upgrade(engine)
+    engine.dispose()
+    with uvicorn_server("receiver.app:app", receiver_env(url), workdir) as port:
+        warm, latency, saturated = drive(config, pool, port, workdir)
+    stored, rows = _count_rows(url)
+    answered = warm["processed"] + latency["processed"] + saturated["processed"]
+    return Measured(name, saturated, latency, rows, answered, stored)
+
+
+def measure_floor(config: Config, pool: Pool, workdir: Path) -> Measured:
+    database = workdir / "floor.db"
+    env = dict(os.environ, FLOOR_DATABASE=str(database), FLOOR_SECRET=SECRET)
+    with uvicorn_server("bench.floor:app", env, workdir) as port:
+        warm, latency, saturated = drive(config, pool, port, workdir)
+    with sqlite3.connect(database) as conn:
+        stored = int(conn.execute("SELECT count(*) FROM events").fetchone()[0])
+    conn.close()
+    answered = warm["processed"] + latency["processed"] + saturated["processed"]
+    return Measured("floor", saturated, latency, f"{stored} event ids", answered, stored)
+
+
+# --- Report -------------------------------------------------------------------------------------
+
+LABELS = {
+    "sqlite": "receiver, SQLite",
+    "postgres": "receiver, PostgreSQL",
+    "floor": "floor (HMAC + insert id), SQLite",
+}
+
+
+def report(config: Config, results: list[Measured], pool: Pool, pg_settings: str) -> str:
+    sizes = [len(b) for b in pool.bodies[:5]]
+    lines = [
+        f"Unique signed events, mix of five: 2 × checkout.session.completed (paid, fulfilled), "
+        f"2 × payment_intent.succeeded, 1 × payment_intent.payment_failed; bodies "
+        f"{min(sizes)}–{max(sizes)} bytes. One uvicorn worker (asyncio loop, h11), 127.0.0.1. "
+        f"Saturation: `wrk -t{config.wrk_threads} -c{config.connections} -d{config.seconds}s` "
+        f"with bench/loadgen.lua; only 2xx answers with result `processed` count. Latency: "
+        f"open-loop paced generator at {config.rate} req/s for {config.seconds} s "
+        f"({config.rate * config.seconds} requests), timed from write to full answer. "
+        f"SQLite: WAL, synchronous=NORMAL. PostgreSQL 127.0.0.1: {pg_settings or 'not run'}.",
+        "",
+        "| stack | saturated, verified events/s | other answers | wrk p50 / p99 at saturation "
+        f"| p50 at {config.rate}/s | p99 | p99.9 | max | p99 incl. dispatch lag | rows after |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
+    ]
+    for m in results:
+        s, lat = m.saturated, m.latency
+        flag = " (pool exhausted: lower bound)" if s["exhausted"] else ""
+        errors = s["connect_errors"] + s["read_errors"] + s["write_errors"] + s["timeouts"]
+        lines.append(
+            f"| {LABELS[m.name]} | {s['rate']:,.0f}{flag} | {s['other']} "
+            f"({errors} socket errors/timeouts) | {s['p50_us'] / 1000:.1f} / "
+            f"{s['p99_us'] / 1000:.1f} ms | {lat['p50_ms']:.2f} ms | {lat['p99_ms']:.2f} ms | "
+            f"{lat['p999_ms']:.2f} ms | {lat['max_ms']:.2f} ms | "
+            f"{lat['p99_from_schedule_ms']:.2f} ms | {m.rows} |"
+        )
+    by_name = {m.name: m for m in results}
+    lines += [
+        "",
+        "| target (SQLite, one worker) | goal | measured | met |",
+        "| --- | --- | --- | :-: |",
+    ]
+    sqlite = by_name.get("sqlite")
+    if sqlite:
+        rate = sqlite.saturated["rate"]
+        p99 = sqlite.latency["p99_ms"]
+        lines.append(
+            f"| saturated rate | ≥ {TARGET_RATE:,} events/s | {rate:,.0f} events/s | "
+            f"{_met(rate >= TARGET_RATE)} |"
+        )
+        lines.append(
+            f"| p99 at {config.rate} req/s | < {TARGET_P99_MS:.0f} ms | {p99:.2f} ms | "
+            f"{_met(p99 < TARGET_P99_MS)} |"
+        )
+        floor = by_name.get("floor")
+        if floor:
+            share = rate / floor.saturated["rate"] if floor.saturated["rate"] else 0.0
+            lines.append(
+                f"| share of the floor's rate | ≥ {TARGET_FLOOR_SHARE:.0%} | {share:.0%} "
+                f"({rate:,.0f} of {floor.saturated['rate']:,.0f}) | "
+                f"{_met(share >= TARGET_FLOOR_SHARE)} |"
+            )
+    lines += [
+        "",
+        "Answers counted as processed vs rows stored: "
+        + "; ".join(
+            f"{LABELS[m.name]} {m.answered_processed} / {m.stored_processed}" for m in results
+        )
+        + " (rows may exceed answers by the requests still in flight when wrk stops).",
+    ]
+    return "\n".join(lines)
+
+
+def _met(ok: bool) -> str:
+    return "yes" if ok else "**no**"
+
+
+def main() -> None:
+    config = Config.from_env()
+    started = time.monotonic()
+    pool = Pool(config)
+    print(f"  {len(pool.bodies)} distinct events built in {time.monotonic() - started:.1f} s")
+    results: list[Measured] = []
+    pg_settings = ""
+    with tempfile.TemporaryDirectory(prefix="bench-receiver-") as tmp:
+        workdir = Path(tmp)
+        os.chmod(workdir, 0o755)  # noqa: S103 (the postgres user must reach its folder)
+        for name in config.targets:
+            print(f"  {LABELS[name]} ...", flush=True)
+            if name == "sqlite":
+                url = f"sqlite:///{workdir / 'receiver.db'}"
+                results.append(measure_receiver(name, config, pool, url, workdir))
+            elif name == "postgres":
+                with Postgres(workdir) as pg:
+                    pg_settings = pg.settings()
+                    admin = make_engine(pg.url("postgres"), isolation_level="AUTOCOMMIT")
+                    with admin.connect() as conn:
+                        conn.execute(text("CREATE DATABASE payments"))
+                    admin.dispose()
+                    results.append(
+                        measure_receiver(name, config, pool, pg.url("payments"), workdir)
+                    )
+                shutil.rmtree(workdir / "pg", ignore_errors=True)
+            elif name == "floor":
+                results.append(measure_floor(config, pool, workdir))
+            else:
+                raise SystemExit(f"unknown target {name!r}: sqlite, postgres, floor")
+    body = report(config, results, pool, pg_settings)
+    print(body)
+    write_section("receiver", "Webhook receiver: throughput and latency", COMMAND, body)
+    print(f"  receiver benchmark done in {time.monotonic() - started:.0f} s")
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 6 and sys.argv[1] == "pace":
+        _, _, path, port, rate, seconds = sys.argv
+        print(json.dumps(pace(path, int(port), float(rate), float(seconds))))
+    else:
+        main()
