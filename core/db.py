@@ -116,9 +116,15 @@ def insert_ignore(
     On PostgreSQL a concurrent insert of the same key waits for the other transaction and
     then does nothing: unique keys, not application checks, make retries and races safe."""
     dialect = session.get_bind().dialect.name
-    insert_fn: Any = pg_insert if dialect == "postgresql" else sqlite_insert
+    stmt = _insert_ignore_statement(model.__table__, dialect, tuple(index_elements or ()))
+    # Values go in as parameters so the compiled statement is cached (the webhook hot path).
+    result: CursorResult[Any] = session.execute(stmt, values)  # type: ignore[assignment]
+    return bool(result.rowcount)
+
+
+@functools.cache
+def _insert_ignore_statement(table: Any, dialect: str, index_elements: tuple[str, ...]) -> Any:
     if dialect not in ("postgresql", "sqlite"):  # pragma: no cover
         raise RuntimeError(f"unsupported database {dialect}")
-    stmt = insert_fn(model).values(**values).on_conflict_do_nothing(index_elements=index_elements)
-    result: CursorResult[Any] = session.execute(stmt)  # type: ignore[assignment]
-    return bool(result.rowcount)
+    insert_fn: Any = pg_insert if dialect == "postgresql" else sqlite_insert
+    return insert_fn(table).on_conflict_do_nothing(index_elements=list(index_elements) or None)

@@ -60,7 +60,6 @@ def refresh_status(
             raise AssertionError(f"order {order.id} would move back from {old} to {new}")
         order.status = new
         order.updated_at = at
-        session.flush()
         session.add(
             OrderTransition(
                 order_id=order.id,

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Engine, insert, select, update
+from sqlalchemy import Engine, insert, select
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.orm import Session
 
@@ -29,6 +29,8 @@ from core.models import StripeEvent, WebhookDelivery
 log = logging.getLogger(__name__)
 
 MAX_BODY_BYTES = 256 * 1024
+# A plain table insert with values bound at execution: compiled once, cached.
+_INSERT_DELIVERY = insert(WebhookDelivery.__table__)  # type: ignore[arg-type]
 SIGNATURE_SCHEME = "v1"
 MAX_ERROR_CHARS = 500
 
@@ -209,7 +211,7 @@ def _event_row(event: dict[str, Any], source: str, now: datetime) -> dict[str, A
         if isinstance(event.get("api_version"), str)
         else None,
         "object_id": obj.get("id") if isinstance(obj.get("id"), str) else None,
-        "status": "failed",  # set to its real status once applied, in the same transaction
+        "status": "failed",
         "deliveries": 1,
         "first_received_at": now,
         "source": source,
@@ -221,10 +223,16 @@ def apply_event(session: Session, event: dict[str, Any], ctx: Context, source: s
     """Insert `event` and apply it once. Returns `processed`, `ignored` or `duplicate`.
 
     Runs inside the caller's transaction; a handler error propagates and the caller rolls
-    back. A concurrent transaction inserting the same id blocks on the unique key until this
-    one ends, then sees the row: that is what makes concurrent duplicates harmless."""
+    back (the event row with it). A concurrent transaction inserting the same id blocks on the
+    unique key until this one ends, then sees the row: that is what makes concurrent
+    duplicates harmless."""
     now = ctx.now()
-    if not _insert_ignore(session, _event_row(event, source, now)):
+    note = _ignore_note(event, ctx)
+    handler = None if note else HANDLERS.get(event["type"])
+    status = "processed" if handler else "ignored"
+    row_values = _event_row(event, source, now)
+    row_values.update(status=status, processed_at=now, last_error=note)
+    if not _insert_ignore(session, row_values):
         row = session.execute(
             select(StripeEvent).where(StripeEvent.id == event["id"]).with_for_update()
         ).scalar_one()
@@ -232,13 +240,9 @@ def apply_event(session: Session, event: dict[str, Any], ctx: Context, source: s
         if row.status != "failed":
             return "duplicate"
         # An earlier attempt failed and was rolled back: this delivery applies it now.
-        row.source = source
-    status = _dispatch(session, event, ctx)
-    session.execute(
-        update(StripeEvent)
-        .where(StripeEvent.id == event["id"])
-        .values(status=status, processed_at=now, last_error=_ignore_note(event, ctx))
-    )
+        row.source, row.status, row.processed_at, row.last_error = source, status, now, note
+    if handler is not None:
+        handler(session, event, ctx)
     return status
 
 
@@ -246,16 +250,6 @@ def _ignore_note(event: dict[str, Any], ctx: Context) -> str | None:
     if ctx.expected_livemode is not None and event["livemode"] != ctx.expected_livemode:
         return "livemode does not match the configured Stripe key"
     return None
-
-
-def _dispatch(session: Session, event: dict[str, Any], ctx: Context) -> str:
-    if _ignore_note(event, ctx):
-        return "ignored"
-    handler = HANDLERS.get(event["type"])
-    if handler is None:
-        return "ignored"
-    handler(session, event, ctx)
-    return "processed"
 
 
 def record_failure(session: Session, event: dict[str, Any], error: str, now: datetime) -> None:
@@ -315,11 +309,7 @@ def receive(
         with session_scope(engine) as session:
             result = apply_event(session, event, ctx, "webhook")
             status = 200
-            session.execute(
-                insert(WebhookDelivery).values(
-                    **delivery(**base, http_status=status, outcome=result)
-                )
-            )
+            session.execute(_INSERT_DELIVERY, delivery(**base, http_status=status, outcome=result))
         return Outcome(status, result, event_id=event["id"])
     except (OperationalError, DBAPIError) as exc:
         if _is_unavailable(exc):
@@ -334,9 +324,7 @@ def receive(
         with session_scope(engine) as session:
             record_failure(session, event, error, received_at)
             session.execute(
-                insert(WebhookDelivery).values(
-                    **delivery(**base, http_status=500, outcome="failed", error=error)
-                )
+                _INSERT_DELIVERY, delivery(**base, http_status=500, outcome="failed", error=error)
             )
     except Exception as exc:
         log.error("webhook %s: could not record the failure: %s", event["id"], safe_error(exc))
@@ -347,14 +335,13 @@ def _write_rejection(engine: Engine, delivery: Any, outcome: Outcome) -> None:
     try:
         with session_scope(engine) as session:
             session.execute(
-                insert(WebhookDelivery).values(
-                    **delivery(
-                        verified=False,
-                        rejection_reason=outcome.reason,
-                        http_status=outcome.status,
-                        outcome="rejected",
-                    )
-                )
+                _INSERT_DELIVERY,
+                delivery(
+                    verified=False,
+                    rejection_reason=outcome.reason,
+                    http_status=outcome.status,
+                    outcome="rejected",
+                ),
             )
     except Exception as exc:
         # A rejection is answered even when it cannot be recorded.

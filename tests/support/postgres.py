@@ -7,7 +7,6 @@ import glob
 import os
 import pwd
 import shutil
-import signal
 import socket
 import subprocess
 import tempfile
@@ -37,6 +36,7 @@ class PostgresServer:
         self.user = "postgres"
         self._as_root = os.geteuid() == 0
         self.process: subprocess.Popen[bytes] | None = None
+        self._watchdog: subprocess.Popen[bytes] | None = None
 
     def _cmd(self, *args: str) -> list[str]:
         # PostgreSQL refuses to run as root: drop to the postgres user the package creates.
@@ -104,10 +104,11 @@ class PostgresServer:
         assert self.process is not None
         script = (
             f"while kill -0 {os.getpid()} 2>/dev/null && kill -0 {self.process.pid} 2>/dev/null;"
-            f" do sleep 1; done; kill -INT {self.process.pid} 2>/dev/null;"
+            f" do sleep 1; done; kill -INT $(head -1 {self.datadir}/postmaster.pid) 2>/dev/null;"
             f" sleep 5; rm -rf {self.root}"
         )
-        subprocess.Popen(
+        # Kept (and reaped in stop()): an unreaped Popen is a ResourceWarning, an error here.
+        self._watchdog = subprocess.Popen(
             ["sh", "-c", script],
             start_new_session=True,
             stdout=subprocess.DEVNULL,
@@ -119,9 +120,27 @@ class PostgresServer:
 
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGINT)  # fast shutdown
+            # runuser does not forward signals: ask the server itself to shut down fast.
+            subprocess.run(
+                self._cmd(
+                    str(self.bindir / "pg_ctl"),
+                    "stop",
+                    "-D",
+                    str(self.datadir),
+                    "-m",
+                    "fast",
+                    "-w",
+                    "-t",
+                    "20",
+                ),
+                capture_output=True,
+            )
             try:
                 self.process.wait(timeout=20)
             except subprocess.TimeoutExpired:
                 self.process.kill()
+                self.process.wait()
+        if self._watchdog is not None:
+            self._watchdog.kill()
+            self._watchdog.wait()
         shutil.rmtree(self.root, ignore_errors=True)
