@@ -14,6 +14,9 @@ from core.settings import ConfigError
 # `run(args) -> int`, imported only when its command is used.
 COMMANDS: dict[str, tuple[str, str]] = {
     "migrate": ("core.cli.migrate", "create or upgrade the database schema"),
+    "reconcile": ("core.cli.reconcile", "apply Stripe events we missed; repair paid sessions"),
+    "replay": ("core.cli.replay", "replay a stored Stripe event (dry run unless --apply)"),
+    "standin": ("core.cli.standin", "serve the local Stripe stand-in for the offline demo"),
     "users": ("core.cli.users", "manage dashboard users and end their sessions"),
     "audit": ("core.cli.audit", "verify the audit log's hash chain, or list entries"),
 }
