@@ -18,6 +18,7 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     UniqueConstraint,
+    func,
 )
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -72,7 +73,10 @@ class WebhookDelivery(Base):
 
     __tablename__ = "webhook_deliveries"
     __table_args__ = (
-        Index("ix_webhook_deliveries_received_at", "received_at"),
+        # (received_at, outcome) covers deliveries per day; (outcome, received_at) finds the
+        # failures of a period without reading the successes (dashboard metrics).
+        Index("ix_webhook_deliveries_received_at", "received_at", "outcome"),
+        Index("ix_webhook_deliveries_outcome", "outcome", "received_at"),
         Index("ix_webhook_deliveries_event_id", "event_id"),
     )
 
@@ -98,6 +102,14 @@ class StripeEvent(Base):
         Index("ix_stripe_events_object_id", "object_id"),
         Index("ix_stripe_events_created", "created"),
         Index("ix_stripe_events_status", "status"),
+        # Covers retry counts and lag of the events first received in a period.
+        Index(
+            "ix_stripe_events_first_received_at",
+            "first_received_at",
+            "deliveries",
+            "created",
+            "processed_at",
+        ),
     )
 
     id: Mapped[str] = mapped_column(String(255), primary_key=True)
@@ -127,6 +139,8 @@ class Order(Base):
         Index("ix_orders_customer_id", "customer_id"),
         Index("ix_orders_created_at", "created_at"),
         Index("ix_orders_status", "status"),
+        Index("ix_orders_refunded_at", "refunded_at"),
+        Index("ix_orders_disputed_at", "disputed_at"),
     )
 
     id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
@@ -148,6 +162,10 @@ class Order(Base):
     refunded_at: Mapped[datetime | None]
     disputed_at: Mapped[datetime | None]
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+
+# Case-insensitive email search (exact or prefix) as a range on lower(email).
+Index("ix_orders_customer_email_lower", func.lower(Order.customer_email))
 
 
 class OrderTransition(Base):
@@ -201,7 +219,15 @@ class PaymentAttempt(Base):
 
     __tablename__ = "payment_attempts"
     __table_args__ = (
-        Index("ix_payment_attempts_created", "created"),
+        # Covers the payment metrics of a period (rates, volumes, card dedupe): index-only.
+        Index(
+            "ix_payment_attempts_created",
+            "created",
+            "outcome",
+            "currency",
+            "amount",
+            "card_fingerprint",
+        ),
         Index("ix_payment_attempts_order_id", "order_id"),
         Index("ix_payment_attempts_payment_intent_id", "payment_intent_id"),
         Index("ix_payment_attempts_card_fingerprint", "card_fingerprint", "created"),
@@ -331,7 +357,11 @@ class AuditEntry(Base):
     """Append-only, hash-chained log of operator actions and security events."""
 
     __tablename__ = "audit_log"
-    __table_args__ = (Index("ix_audit_log_at", "at"), Index("ix_audit_log_actor", "actor"))
+    __table_args__ = (
+        Index("ix_audit_log_at", "at"),
+        Index("ix_audit_log_actor", "actor"),
+        Index("ix_audit_log_target", "target"),  # an order's timeline: target "order:<id>"
+    )
 
     id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
     at: Mapped[datetime] = mapped_column(default=utcnow)

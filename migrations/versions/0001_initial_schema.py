@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises: 
-Create Date: 2026-11-23 12:57:38.902533
+Create Date: 2026-11-23 13:04:00.782214
 """
 
 from collections.abc import Sequence
@@ -51,6 +51,7 @@ def upgrade() -> None:
     with op.batch_alter_table('audit_log', schema=None) as batch_op:
         batch_op.create_index('ix_audit_log_actor', ['actor'], unique=False)
         batch_op.create_index('ix_audit_log_at', ['at'], unique=False)
+        batch_op.create_index('ix_audit_log_target', ['target'], unique=False)
 
     op.create_table('login_attempts',
     sa.Column('id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=False),
@@ -90,7 +91,12 @@ def upgrade() -> None:
         batch_op.create_index('ix_orders_created_at', ['created_at'], unique=False)
         batch_op.create_index('ix_orders_customer_email', ['customer_email'], unique=False)
         batch_op.create_index('ix_orders_customer_id', ['customer_id'], unique=False)
+        batch_op.create_index('ix_orders_disputed_at', ['disputed_at'], unique=False)
+        batch_op.create_index('ix_orders_refunded_at', ['refunded_at'], unique=False)
         batch_op.create_index('ix_orders_status', ['status'], unique=False)
+
+    # Written by hand: autogenerate cannot compare expression indexes on SQLite.
+    op.create_index('ix_orders_customer_email_lower', 'orders', [sa.text('lower(customer_email)')], unique=False)
 
     op.create_table('risk_flags',
     sa.Column('id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=False),
@@ -144,6 +150,7 @@ def upgrade() -> None:
     )
     with op.batch_alter_table('stripe_events', schema=None) as batch_op:
         batch_op.create_index('ix_stripe_events_created', ['created'], unique=False)
+        batch_op.create_index('ix_stripe_events_first_received_at', ['first_received_at', 'deliveries', 'created', 'processed_at'], unique=False)
         batch_op.create_index('ix_stripe_events_object_id', ['object_id'], unique=False)
         batch_op.create_index('ix_stripe_events_status', ['status'], unique=False)
 
@@ -180,7 +187,8 @@ def upgrade() -> None:
     )
     with op.batch_alter_table('webhook_deliveries', schema=None) as batch_op:
         batch_op.create_index('ix_webhook_deliveries_event_id', ['event_id'], unique=False)
-        batch_op.create_index('ix_webhook_deliveries_received_at', ['received_at'], unique=False)
+        batch_op.create_index('ix_webhook_deliveries_outcome', ['outcome', 'received_at'], unique=False)
+        batch_op.create_index('ix_webhook_deliveries_received_at', ['received_at', 'outcome'], unique=False)
 
     op.create_table('fulfillment_requests',
     sa.Column('id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=False),
@@ -250,7 +258,7 @@ def upgrade() -> None:
     with op.batch_alter_table('payment_attempts', schema=None) as batch_op:
         batch_op.create_index('ix_payment_attempts_card_fingerprint', ['card_fingerprint', 'created'], unique=False)
         batch_op.create_index('ix_payment_attempts_card_last4', ['card_last4'], unique=False)
-        batch_op.create_index('ix_payment_attempts_created', ['created'], unique=False)
+        batch_op.create_index('ix_payment_attempts_created', ['created', 'outcome', 'currency', 'amount', 'card_fingerprint'], unique=False)
         batch_op.create_index('ix_payment_attempts_customer_id', ['customer_id', 'created'], unique=False)
         batch_op.create_index('ix_payment_attempts_email', ['email', 'created'], unique=False)
         batch_op.create_index('ix_payment_attempts_ip_address', ['ip_address', 'created'], unique=False)
@@ -286,6 +294,7 @@ def downgrade() -> None:
     op.drop_table('fulfillment_requests')
     with op.batch_alter_table('webhook_deliveries', schema=None) as batch_op:
         batch_op.drop_index('ix_webhook_deliveries_received_at')
+        batch_op.drop_index('ix_webhook_deliveries_outcome')
         batch_op.drop_index('ix_webhook_deliveries_event_id')
 
     op.drop_table('webhook_deliveries')
@@ -296,6 +305,7 @@ def downgrade() -> None:
     with op.batch_alter_table('stripe_events', schema=None) as batch_op:
         batch_op.drop_index('ix_stripe_events_status')
         batch_op.drop_index('ix_stripe_events_object_id')
+        batch_op.drop_index('ix_stripe_events_first_received_at')
         batch_op.drop_index('ix_stripe_events_created')
 
     op.drop_table('stripe_events')
@@ -305,8 +315,11 @@ def downgrade() -> None:
         batch_op.drop_index('ix_risk_flags_entity')
 
     op.drop_table('risk_flags')
+    op.drop_index('ix_orders_customer_email_lower', table_name='orders')
     with op.batch_alter_table('orders', schema=None) as batch_op:
         batch_op.drop_index('ix_orders_status')
+        batch_op.drop_index('ix_orders_refunded_at')
+        batch_op.drop_index('ix_orders_disputed_at')
         batch_op.drop_index('ix_orders_customer_id')
         batch_op.drop_index('ix_orders_customer_email')
         batch_op.drop_index('ix_orders_created_at')
@@ -317,6 +330,7 @@ def downgrade() -> None:
 
     op.drop_table('login_attempts')
     with op.batch_alter_table('audit_log', schema=None) as batch_op:
+        batch_op.drop_index('ix_audit_log_target')
         batch_op.drop_index('ix_audit_log_at')
         batch_op.drop_index('ix_audit_log_actor')
 
