@@ -8,6 +8,7 @@ after the cache, per actor, so one role's view never leaks into another's.
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -20,7 +21,7 @@ import streamlit as st
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
-from core import metrics
+from core import audit, metrics
 from core.access import Actor, allowed, mask_email, require
 from core.db import get_engine, session_scope
 from core.metrics import Grain, OrderDetail, Period, RetryStats, TimelineEntry
@@ -333,3 +334,71 @@ _CACHED = (
     _webhook_lag,
     _oldest_failing_events,
 )
+
+
+# --- Audit log (admin) -------------------------------------------------------------------------
+# Appended by the auth/audit work (issue 3, pages/audit_log.py).
+
+
+@st.cache_data(ttl=LOOKUP_TTL_S, max_entries=CACHE_ENTRIES, show_spinner=False)
+def _audit_log(url: str, filters: audit.AuditFilter, limit: int, offset: int) -> TablePage:
+    with _read(url) as session:
+        page = audit.search(session, filters, limit=limit, offset=offset)
+        records = [
+            {
+                "id": entry.id,
+                "at": entry.at,
+                "actor": entry.actor,
+                "role": entry.role,
+                "action": entry.action,
+                "target": entry.target,
+                "details": json.dumps(entry.details, sort_keys=True, default=str),
+                "stripe_request_id": entry.stripe_request_id,
+                "idempotency_key": entry.idempotency_key,
+                "hash": entry.hash[:12],
+            }
+            for entry in page.rows
+        ]
+    return TablePage(pd.DataFrame(records, columns=list(AUDIT_COLUMNS)), page.total)
+
+
+AUDIT_COLUMNS = (
+    "id", "at", "actor", "role", "action", "target", "details",
+    "stripe_request_id", "idempotency_key", "hash",
+)  # fmt: skip
+
+
+@_guarded
+def audit_log(actor: Actor, filters: audit.AuditFilter, *, limit: int, offset: int) -> TablePage:
+    """One page of audit entries matching `filters`, newest first, and how many match."""
+    require(actor, "audit.view")
+    return _audit_log(_url(), filters, limit, offset)
+
+
+@st.cache_data(ttl=LOOKUP_TTL_S, max_entries=CACHE_ENTRIES, show_spinner=False)
+def _audit_choices(url: str) -> tuple[list[str], list[str]]:
+    with _read(url) as session:
+        return audit.distinct_values(session, "actor"), audit.distinct_values(session, "action")
+
+
+@_guarded
+def audit_choices(actor: Actor) -> tuple[list[str], list[str]]:
+    """The actors and the actions present in the log, for the filters."""
+    require(actor, "audit.view")
+    return _audit_choices(_url())
+
+
+@st.cache_data(ttl=LOOKUP_TTL_S, max_entries=CACHE_ENTRIES, show_spinner=False)
+def _audit_chain(url: str) -> audit.ChainStatus:
+    with _read(url) as session:
+        return audit.verify(session)
+
+
+@_guarded
+def audit_chain(actor: Actor) -> audit.ChainStatus:
+    """Whether every entry of the hash chain verifies, and where it breaks if not."""
+    require(actor, "audit.view")
+    return _audit_chain(_url())
+
+
+_CACHED = (*_CACHED, _audit_log, _audit_choices, _audit_chain)  # type: ignore[assignment]  # so clear() forgets these too

@@ -14,7 +14,7 @@ import plotly.graph_objects as go
 import streamlit as st
 from streamlit.delta_generator import DeltaGenerator
 
-from core.metrics import Period
+from core.metrics import GRAINS, Grain, Period
 from core.money import format_minor, to_major
 
 PRESETS: dict[str, int] = {
@@ -24,11 +24,12 @@ PRESETS: dict[str, int] = {
     "Last 90 days": 90,
 }
 CUSTOM = "Custom dates"
-GRAINS = ("hour", "day", "week")
 # A chart never draws more than this many buckets (aggregated in SQL, not in the browser).
 MAX_BUCKETS = 2_000
 _HOURS_PER_GRAIN = {"hour": 1, "day": 24, "week": 24 * 7}
 T = TypeVar("T")
+# Rows per page of a paged table.
+PAGE_SIZE = 25
 
 
 # --- Formatting --------------------------------------------------------------------------------
@@ -102,17 +103,15 @@ def _date_range(picked: object, today: date) -> tuple[date, date]:
     return today, today
 
 
-def grain_picker(period: Period, key: str) -> str:
+def grain_picker(period: Period, key: str) -> Grain:
     """hour / day / week, refusing grains that would draw more than MAX_BUCKETS points."""
     hours = max((period.end - period.start).total_seconds() / 3600, 1)
     usable = [g for g in GRAINS if hours / _HOURS_PER_GRAIN[g] <= MAX_BUCKETS]
-    default = "day" if "day" in usable and hours > 72 else usable[0]
-    return str(
-        st.segmented_control(
-            "Granularity", usable, default=default, key=f"{key}_grain", required=True
-        )
-        or default
+    default: Grain = "day" if "day" in usable and hours > 72 else usable[0]
+    chosen = st.segmented_control(
+        "Granularity", usable, default=default, key=f"{key}_grain", required=True
     )
+    return chosen or default
 
 
 def page_offset(key: str, page_size: int) -> int:
@@ -211,7 +210,7 @@ def grid(items: Sequence[T], per_row: int) -> list[tuple[DeltaGenerator, T]]:
     return placed
 
 
-_MARKDOWN_SPECIALS = "\\`*_{}[]()<>#+-.!|$:~"
+_MARKDOWN_SPECIALS = "\\`*_[]<>#|$:~"
 
 
 def escape_markdown(text: str) -> str:

@@ -7,7 +7,6 @@ import streamlit as st
 from dashboard import data, widgets
 from dashboard.auth import require
 
-PAGE_SIZE = 25
 KIND_BADGES = {
     "state": ":blue-badge[state]",
     "attempt": ":orange-badge[payment]",
@@ -35,8 +34,8 @@ if not query:
     )
     st.stop()
 
-offset = widgets.page_offset("orders", PAGE_SIZE)
-results = data.search_orders(actor, query, limit=PAGE_SIZE, offset=offset)
+offset = widgets.page_offset("orders", widgets.PAGE_SIZE)
+results = data.search_orders(actor, query, limit=widgets.PAGE_SIZE, offset=offset)
 if results.total == 0 or results.orders.empty:
     st.warning(f"No order matches “{query}”.")
     st.stop()
@@ -44,7 +43,7 @@ if results.total == 0 or results.orders.empty:
 shown = len(results.orders)
 st.caption(f"{results.total:,} order(s) match; showing {offset + 1}–{offset + shown}.")
 st.dataframe(widgets.orders_table(results.orders), hide_index=True, key="orders_results")
-widgets.pager(results.total, PAGE_SIZE, "orders")
+widgets.pager(results.total, widgets.PAGE_SIZE, "orders")
 
 labels = widgets.order_labels(results.orders)
 only_one = results.total == 1

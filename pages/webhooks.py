@@ -28,6 +28,8 @@ else:
         title="Deliveries by outcome",
         key="wh_deliveries",
     )
+    with st.expander("Deliveries per day as a table"):
+        st.dataframe(deliveries, hide_index=True, key="wh_deliveries_table")
 
 st.subheader("Retries")
 retries = data.retry_stats(actor, period)
@@ -35,9 +37,7 @@ events, retried, most = st.columns(3)
 events.metric("Events received", f"{retries.events:,}")
 retried.metric(
     "Needed more than one delivery",
-    f"{retries.events_with_retries:,}",
-    widgets.percent(retries.retry_share),
-    delta_color="off",
+    f"{retries.events_with_retries:,} ({widgets.percent(retries.retry_share)})",
 )
 most.metric("Most deliveries of one event", f"{retries.max_deliveries:,}")
 if not retries.distribution.empty:
