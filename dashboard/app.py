@@ -102,4 +102,5 @@ def main() -> None:
     current.run()
 
 
-main()
+if __name__ == "__main__":  # streamlit runs the entrypoint as __main__; tests import PAGES
+    main()

@@ -35,7 +35,7 @@ import streamlit as st
 from streamlit.testing.v1 import AppTest
 
 from core.access import Role
-from core.db import dispose_engines
+from core.db import dispose_engines, get_engine
 from core.settings import get_settings
 from core.users import DEMO_USERS, User, hash_password, save_users, with_demo_users
 
@@ -46,7 +46,15 @@ TEST_BCRYPT_ROUNDS = 4
 
 
 def reset_caches() -> None:
-    """Forget settings, engines and Streamlit caches: what a fresh process would start with."""
+    """Forget settings, engines and Streamlit caches: what a fresh process would start with.
+
+    The current DATABASE_URL's engine is disposed (connections closed), not just forgotten:
+    a PostgreSQL connection left to the garbage collector raises a ResourceWarning, which
+    fails whichever later test it lands in. Call this at the end of a test too (see
+    `closed_engines` in tests/test_app_auth.py)."""
+    url = os.environ.get("DATABASE_URL")
+    if url:
+        get_engine(url).dispose()
     get_settings.cache_clear()
     dispose_engines()
     st.cache_data.clear()
