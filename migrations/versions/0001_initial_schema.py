@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises: 
-Create Date: 2026-11-23 13:04:00.782214
+Create Date: 2026-11-23 13:08:19.258259
 """
 
 from collections.abc import Sequence
@@ -30,6 +30,7 @@ def upgrade() -> None:
     sa.Column('delivered_at', core.models.UTCDateTime(timezone=True), nullable=True),
     sa.Column('delivery_attempts', sa.Integer(), nullable=False),
     sa.Column('last_error', sa.Text(), nullable=True),
+    sa.Column('claimed_at', core.models.UTCDateTime(timezone=True), nullable=True),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_alerts')),
     sa.UniqueConstraint('condition', 'window_start', name=op.f('uq_alerts_condition'))
     )
@@ -94,9 +95,6 @@ def upgrade() -> None:
         batch_op.create_index('ix_orders_disputed_at', ['disputed_at'], unique=False)
         batch_op.create_index('ix_orders_refunded_at', ['refunded_at'], unique=False)
         batch_op.create_index('ix_orders_status', ['status'], unique=False)
-
-    # Written by hand: autogenerate cannot compare expression indexes on SQLite.
-    op.create_index('ix_orders_customer_email_lower', 'orders', [sa.text('lower(customer_email)')], unique=False)
 
     op.create_table('risk_flags',
     sa.Column('id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=False),
@@ -315,7 +313,6 @@ def downgrade() -> None:
         batch_op.drop_index('ix_risk_flags_entity')
 
     op.drop_table('risk_flags')
-    op.drop_index('ix_orders_customer_email_lower', table_name='orders')
     with op.batch_alter_table('orders', schema=None) as batch_op:
         batch_op.drop_index('ix_orders_status')
         batch_op.drop_index('ix_orders_refunded_at')
