@@ -96,6 +96,9 @@ def upgrade() -> None:
         batch_op.create_index('ix_orders_refunded_at', ['refunded_at'], unique=False)
         batch_op.create_index('ix_orders_status', ['status'], unique=False)
 
+    # Written by hand: autogenerate cannot compare expression indexes on SQLite.
+    op.create_index('ix_orders_customer_email_lower', 'orders', [sa.text('lower(customer_email)')], unique=False)
+
     op.create_table('risk_flags',
     sa.Column('id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=False),
     sa.Column('entity_kind', sa.String(length=32), nullable=False),
@@ -313,6 +316,7 @@ def downgrade() -> None:
         batch_op.drop_index('ix_risk_flags_entity')
 
     op.drop_table('risk_flags')
+    op.drop_index('ix_orders_customer_email_lower', table_name='orders')
     with op.batch_alter_table('orders', schema=None) as batch_op:
         batch_op.drop_index('ix_orders_status')
         batch_op.drop_index('ix_orders_refunded_at')
