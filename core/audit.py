@@ -114,10 +114,14 @@ def verify_entries(entries: Iterable[AuditEntry]) -> ChainStatus:
 
 def verify(session: Session) -> ChainStatus:
     """Walk the whole chain in id order."""
-    rows = session.execute(
+    # Streamed in batches (a server-side cursor on PostgreSQL), closed even on an early return.
+    result = session.execute(
         select(AuditEntry).order_by(AuditEntry.id).execution_options(yield_per=1000)
-    ).scalars()
-    return verify_entries(rows)
+    )
+    try:
+        return verify_entries(result.scalars())
+    finally:
+        result.close()
 
 
 # --- Reading the log (the audit page and `python -m core audit list`) ------------------------
