@@ -391,6 +391,7 @@ def run(
 def recent_alerts(session: Session, limit: int = 20) -> list[Alert]:
     """The latest alerts, newest first, for the Overview."""
     return list(
-        session.execute(select(Alert).order_by(Alert.raised_at.desc(), Alert.id.desc()).limit(limit))
-        .scalars()
+        session.execute(
+            select(Alert).order_by(Alert.raised_at.desc(), Alert.id.desc()).limit(limit)
+        ).scalars()
     )
