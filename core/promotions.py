@@ -110,6 +110,11 @@ def _int_or_none(value: Any) -> int | None:
 
 def coupon_terms(coupon: Mapping[str, Any]) -> CouponTerms:
     percent = coupon.get("percent_off")
+    if isinstance(percent, str):  # decimal fields arrive as strings from to_dict(for_json=True)
+        try:
+            percent = Decimal(percent)
+        except InvalidOperation:
+            percent = None
     return CouponTerms(
         id=str(coupon.get("id")),
         name=coupon.get("name") if isinstance(coupon.get("name"), str) else None,

@@ -121,7 +121,7 @@ class Reply:
 def _reply(obj: Any) -> Reply:
     response = getattr(obj, "last_response", None)
     request_id = response.request_id if response is not None else None
-    return Reply(obj.to_dict(), request_id)
+    return Reply(obj.to_dict(for_json=True), request_id)
 
 
 class StripeApi:
@@ -168,7 +168,7 @@ class StripeApi:
             item = self._call(next, iterator, None)
             if item is None:
                 return
-            yield item.to_dict()
+            yield item.to_dict(for_json=True)
 
     # Reads
 
