@@ -81,11 +81,10 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
     operator = _operator()
 
     if command == "list":
-        with session_scope(get_engine(settings.database_url), write=False) as session:
-            live = access.live_sessions(session)
         counts: dict[str, int] = {}
-        for row in live:
-            counts[row.username] = counts.get(row.username, 0) + 1
+        with session_scope(get_engine(settings.database_url), write=False) as session:
+            for row in access.live_sessions(session):
+                counts[row.username] = counts.get(row.username, 0) + 1
         if not users:
             print(f"no users in {path}")
         for user in sorted(users.values(), key=lambda u: u.username):
