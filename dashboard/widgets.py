@@ -179,6 +179,26 @@ def _layout(figure: go.Figure, title: str) -> None:
     )
 
 
+RATE_COLUMNS = {
+    "success_rate": st.column_config.NumberColumn("success rate", format="percent"),
+    "decline_rate": st.column_config.NumberColumn("decline rate", format="percent"),
+    "success_rate_per_card": st.column_config.NumberColumn(
+        "success rate per card", format="percent"
+    ),
+    "decline_rate_per_card": st.column_config.NumberColumn(
+        "decline rate per card", format="percent"
+    ),
+    "share": st.column_config.NumberColumn("share", format="percent"),
+    "bucket": st.column_config.DatetimeColumn("bucket (UTC)", format="YYYY-MM-DD HH:mm"),
+    "day": st.column_config.DatetimeColumn("day (UTC)", format="YYYY-MM-DD"),
+}
+
+
+def table(frame: pd.DataFrame, *, key: str) -> None:
+    """A read-only table with rates shown as percentages and buckets as UTC times."""
+    st.dataframe(frame, hide_index=True, key=key, column_config=RATE_COLUMNS)
+
+
 def csv_download(frame: pd.DataFrame, file_name: str, *, label: str, key: str) -> None:
     """Exactly the rows and columns on screen, as CSV."""
     st.download_button(
@@ -253,9 +273,12 @@ def order_labels(orders: pd.DataFrame) -> dict[int, str]:
 def describe(detail: Mapping[str, object]) -> str:
     """A timeline entry's facts as one line, leaving out what is empty."""
     parts = []
+    currency = detail.get("currency")
     for key, value in detail.items():
-        if value is None or value == "" or value == {}:
+        if value is None or value == "" or value == {} or key == "currency":
             continue
+        if key == "amount" and isinstance(value, int) and isinstance(currency, str):
+            value = money(value, currency)
         if isinstance(value, datetime):
             value = f"{value:%Y-%m-%d %H:%M:%S}"
         elif isinstance(value, float):

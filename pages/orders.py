@@ -17,6 +17,7 @@ KIND_BADGES = {
 }
 
 actor = require("orders.view")
+st.set_page_config(layout="wide")  # tables and per-currency figures need the width
 
 st.title("Orders")
 query = st.text_input(
@@ -64,14 +65,15 @@ if order is None:
     st.stop()
 
 st.header(f"Order {order.id}")
-status, amount, refunded, email = st.columns(4)
+status, amount, refunded = st.columns(3)
 status.metric("Status", order.status)
 amount.metric("Amount", widgets.money(order.amount_total, order.currency))
 refunded.metric("Refunded", widgets.money(order.amount_refunded, order.currency))
-email.metric("Customer email", order.customer_email or "–")
 st.markdown(
+    f"Customer email **{widgets.escape_markdown(order.customer_email or '–')}** · "
+    f"Customer `{order.customer_id or '–'}` · "
     f"Checkout Session `{order.checkout_session_id or '–'}` · "
-    f"PaymentIntent `{order.payment_intent_id or '–'}` · Customer `{order.customer_id or '–'}`"
+    f"PaymentIntent `{order.payment_intent_id or '–'}`"
 )
 
 st.subheader("Timeline")

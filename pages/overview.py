@@ -8,6 +8,7 @@ from dashboard import data, widgets
 from dashboard.auth import require
 
 actor = require("metrics.view")
+st.set_page_config(layout="wide")  # tables and per-currency figures need the width
 
 st.title("Overview")
 period = widgets.period_picker("overview")

@@ -8,6 +8,7 @@ from dashboard import data, widgets
 from dashboard.auth import require
 
 actor = require("metrics.view")
+st.set_page_config(layout="wide")  # tables and per-currency figures need the width
 
 st.title("Payments")
 period = widgets.period_picker("payments")
@@ -37,7 +38,7 @@ else:
         percent_axis=True,
         key="payments_rates_chart",
     )
-    st.dataframe(rates, hide_index=True, key="payments_rates_table")
+    widgets.table(rates, key="payments_rates_table")
     widgets.csv_download(
         rates, f"payment-rates-{grain}.csv", label="Download rates (CSV)", key="payments_rates_csv"
     )
@@ -54,7 +55,7 @@ else:
         title="Declines by reason",
         key="payments_reasons_chart",
     )
-    st.dataframe(reasons, hide_index=True, key="payments_reasons_table")
+    widgets.table(reasons, key="payments_reasons_table")
     widgets.csv_download(
         reasons,
         "decline-reasons.csv",
@@ -70,7 +71,7 @@ if volume.empty:
 else:
     widgets.currency_lines(volume, title="Volume", key="payments_volume_chart")
     shown = widgets.money_table(volume)
-    st.dataframe(shown, hide_index=True, key="payments_volume_table")
+    widgets.table(shown, key="payments_volume_table")
     widgets.csv_download(
         shown.assign(amount_minor_units=volume["amount"]),
         f"volume-by-currency-{grain}.csv",

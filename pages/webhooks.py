@@ -10,6 +10,7 @@ from dashboard.auth import require
 FAILURES_PAGE = 20
 
 actor = require("metrics.view")
+st.set_page_config(layout="wide")  # tables and per-currency figures need the width
 
 st.title("Webhooks")
 period = widgets.period_picker("webhooks", default="Last 7 days")
@@ -29,7 +30,7 @@ else:
         key="wh_deliveries",
     )
     with st.expander("Deliveries per day as a table"):
-        st.dataframe(deliveries, hide_index=True, key="wh_deliveries_table")
+        widgets.table(deliveries, key="wh_deliveries_table")
 
 st.subheader("Retries")
 retries = data.retry_stats(actor, period)

@@ -1,0 +1,238 @@
+"""A real-browser journey: the dashboard served by `streamlit run`, driven by Debian's chromium
+through Playwright, as each demo role.
+
+Screenshots of every step go to artifacts/browser/ under the repository (gitignored); the path
+is printed at the start of the run. Nothing is skipped: without /usr/bin/chromium the test fails
+and says how to install it."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from playwright.sync_api import Browser, Page, expect, sync_playwright
+
+from core.db import make_engine
+from tests.conftest import SECRET
+from tests.support.apptest import PASSWORDS, write_users
+from tests.test_pages import JENNY, Facts, build_shop
+
+pytestmark = pytest.mark.browser
+
+ROOT = Path(__file__).resolve().parent.parent
+CHROMIUM = Path("/usr/bin/chromium")
+ARTIFACTS = Path(os.environ.get("ARTIFACTS_DIR", ROOT / "artifacts")) / "browser"
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+STARTUP_TIMEOUT_S = 60
+STEP_TIMEOUT_MS = 30_000
+ALL_PAGES = ("Overview", "Orders", "Payments", "Webhooks")
+# Which of the four data pages each demo role sees in its navigation (DESIGN.md "Roles").
+ROLE_PAGES = {
+    "admin": {"Overview", "Orders", "Payments", "Webhooks"},
+    "finance": {"Overview", "Orders", "Payments", "Webhooks"},
+    "support": {"Orders"},
+}
+
+
+@dataclass(frozen=True)
+class Dashboard:
+    url: str
+    facts: Facts
+    log: Path
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _wait_healthy(url: str, process: subprocess.Popen[bytes], log: Path) -> None:
+    deadline = time.monotonic() + STARTUP_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise AssertionError(f"streamlit exited with {process.returncode}:\n{log.read_text()}")
+        try:
+            with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.3)
+    raise AssertionError(
+        f"streamlit did not answer within {STARTUP_TIMEOUT_S}s:\n{log.read_text()}"
+    )
+
+
+@pytest.fixture(scope="module")
+def dashboard(
+    sqlite_template: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Dashboard]:
+    """`streamlit run dashboard/app.py` on 127.0.0.1 and a free port, on a small shop built
+    through the webhook path, with the demo users; stopped at the end of the module."""
+    workdir = tmp_path_factory.mktemp("browser")
+    database = workdir / "payments.db"
+    shutil.copyfile(sqlite_template, database)
+    engine = make_engine(f"sqlite:///{database}")
+    facts = build_shop(engine)
+    engine.dispose()
+    users = write_users(workdir / "users.yaml")
+
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if not key.startswith(("STRIPE_", "DATABASE_", "AUTH_", "APP_ENV"))
+    }
+    env.update(
+        DATABASE_URL=f"sqlite:///{database}",
+        AUTH_CONFIG=str(users),
+        APP_ENV="development",
+        STRIPE_WEBHOOK_SECRETS=SECRET,
+    )
+    log = workdir / "streamlit.log"
+    with log.open("wb") as output:
+        process = subprocess.Popen(
+            [
+                str(Path(sys.executable).parent / "streamlit"),
+                "run",
+                "dashboard/app.py",
+                "--server.address",
+                "127.0.0.1",
+                "--server.port",
+                str(port),
+                "--server.headless",
+                "true",
+            ],
+            cwd=ROOT,
+            env=env,
+            stdout=output,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        _wait_healthy(url, process, log)
+        yield Dashboard(url, facts, log)
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    expect.set_options(timeout=STEP_TIMEOUT_MS)
+    if not CHROMIUM.exists():
+        pytest.fail(
+            f"{CHROMIUM} is missing: the browser journey drives Debian's chromium. "
+            "`make test` installs it (apt-get install chromium); never `playwright install`."
+        )
+    shutil.rmtree(ARTIFACTS, ignore_errors=True)  # only this run's screenshots
+    ARTIFACTS.mkdir(parents=True)
+    print(f"\nbrowser screenshots: {ARTIFACTS}")
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True
+        )
+        try:
+            yield browser
+        finally:
+            browser.close()
+
+
+def shot(page: Page, name: str) -> None:
+    page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
+
+
+def log_in(page: Page, url: str, role: str) -> None:
+    page.goto(url)
+    page.get_by_role("textbox", name="Username").fill(role)
+    page.get_by_role("textbox", name="Password").fill(PASSWORDS[role])
+    page.get_by_role("button", name="Log in").click()
+    # Logged in once the form is gone and the sidebar names the user.
+    expect(page.get_by_role("button", name="Log in")).to_have_count(0)
+    expect(page.get_by_test_id("stSidebar")).to_contain_text(f"Signed in as {role}")
+
+
+def nav_links(page: Page) -> set[str]:
+    links = page.get_by_test_id("stSidebar").get_by_test_id("stPageLink-NavLink")
+    return {text.strip() for text in links.get_by_test_id("stMarkdownContainer").all_inner_texts()}
+
+
+def open_page(page: Page, title: str) -> None:
+    page.get_by_test_id("stSidebar").get_by_role("link", name=title).click()
+    expect(page.get_by_role("heading", name=title, level=1)).to_be_visible()
+
+
+@pytest.mark.parametrize("role", ["admin", "finance", "support"])
+def test_a_day_at_the_console(dashboard: Dashboard, browser: Browser, role: str) -> None:
+    context = browser.new_context(viewport={"width": 1400, "height": 1000})
+    context.set_default_timeout(STEP_TIMEOUT_MS)
+    page = context.new_page()
+    try:
+        log_in(page, dashboard.url, role)
+        shot(page, f"{role}-1-landing")
+
+        # The navigation lists the role's pages and none of the others.
+        expect(page.get_by_test_id("stSidebar").get_by_test_id("stPageLink").first).to_be_visible()
+        listed = nav_links(page) & set(ALL_PAGES)
+        assert listed == ROLE_PAGES[role]
+
+        # Search an order and open its timeline.
+        open_page(page, "Orders")
+        search = page.get_by_role("textbox", name="Search orders")
+        search.fill(JENNY)
+        search.press("Enter")
+        expect(page.get_by_text("Payment failed: insufficient_funds")).to_be_visible()
+        expect(page.get_by_text("paid → fulfilled")).to_be_visible()
+        shown = JENNY if role != "finance" else "j***@example.com"
+        expect(page.get_by_text(f"Customer email {shown}")).to_be_visible()
+        if role == "finance":
+            expect(page.get_by_text(JENNY)).to_have_count(0)
+        shot(page, f"{role}-2-order-timeline")
+
+        if "Payments" in ROLE_PAGES[role]:
+            # A chart, drawn by plotly in the browser.
+            open_page(page, "Payments")
+            expect(page.locator(".js-plotly-plot").first).to_be_visible()
+            expect(page.get_by_text("Download rates (CSV)")).to_be_visible()
+            shot(page, f"{role}-3-payments")
+            open_page(page, "Overview")
+            expect(page.get_by_test_id("stMetric").first).to_be_visible()
+            shot(page, f"{role}-4-overview")
+        else:
+            # A page the role may not use, reached by its URL: none of its data. (A new browser
+            # session logs in first, then lands where the role may be; the refusal a logged-in
+            # session gets on that URL is checked in test_pages.py.)
+            log_in(page, f"{dashboard.url}/payments", role)
+            expect(page.get_by_role("heading", level=1).first).to_be_visible()
+            expect(page.get_by_role("heading", name="Payments", level=1)).to_have_count(0)
+            expect(page.locator(".js-plotly-plot")).to_have_count(0)
+            expect(page.get_by_text("Download rates (CSV)")).to_have_count(0)
+            shot(page, f"{role}-3-payments-url")
+    except Exception:
+        shot(page, f"{role}-failure")
+        (ARTIFACTS / f"{role}-failure.html").write_text(page.content())
+        print(f"streamlit log: {dashboard.log}")
+        raise
+    finally:
+        context.close()
