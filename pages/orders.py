@@ -13,7 +13,7 @@ KIND_BADGES = {
     "event": ":violet-badge[event]",
     "delivery": ":gray-badge[delivery]",
     "fulfillment": ":green-badge[fulfillment]",
-    "operator": ":red-badge[operator]",
+    "action": ":red-badge[operator]",
 }
 
 actor = require("orders.view")
