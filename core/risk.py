@@ -16,9 +16,10 @@ one entity's flags, so two concurrent deliveries cannot each miss the other's at
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Literal
@@ -27,19 +28,14 @@ import numpy as np
 import pandas as pd
 from sqlalchemy import (
     ColumnElement,
-    Select,
-    String,
-    and_,
+    TextualSelect,
+    bindparam,
     delete,
     func,
     insert,
     inspect,
-    literal,
-    or_,
     select,
     text,
-    type_coerce,
-    union_all,
     update,
 )
 from sqlalchemy.orm import Session
@@ -47,7 +43,7 @@ from sqlalchemy.orm import Session
 from core import audit, bursts
 from core.access import Actor, mask_email, require
 from core.bursts import ENTITY_COLUMNS, EntityKind, Pattern, Point, Rules, Stored, Window
-from core.models import PaymentAttempt, RiskFlag, utcnow
+from core.models import PaymentAttempt, RiskFlag, UTCDateTime, utcnow
 from core.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -82,44 +78,75 @@ def _is_postgres(session: Session) -> bool:
     return session.get_bind().dialect.name == "postgresql"
 
 
-# --- Reading ----------------------------------------------------------------------------------
+# --- Reading (fixed SQL shapes, built once: the webhook path pays no statement compilation) --
 
 
-def _points_query(
-    tag: int, kind: EntityKind, value: str, lo: datetime, hi: datetime
-) -> Select[int, str, datetime, str | None]:
-    col = _column(kind)
-    return select(
-        literal(tag).label("tag"),
-        PaymentAttempt.id,
-        PaymentAttempt.created,
-        PaymentAttempt.card_fingerprint,
-    ).where(
-        col == value,
-        PaymentAttempt.outcome == "failed",
-        PaymentAttempt.created >= lo,
-        PaymentAttempt.created <= hi,
+_FLAG_COLUMNS = (
+    "id, entity_kind, entity_value, pattern, window_start, window_end, failures, "
+    "distinct_cards, status"
+)
+
+
+@dataclass(frozen=True)
+class _FlagRow:
+    id: int
+    entity_kind: str
+    entity_value: str
+    pattern: str
+    window_start: datetime
+    window_end: datetime
+    failures: int
+    distinct_cards: int
+    status: str
+
+
+@functools.lru_cache(maxsize=32)
+def _flags_sql(entities: int, postgres: bool) -> TextualSelect:
+    """Stored flags of `entities` (kind, value) pairs overlapping [:lo, :hi], locked."""
+    pairs = " OR ".join(f"(entity_kind = :k{i} AND entity_value = :v{i})" for i in range(entities))
+    sql = (
+        f"SELECT {_FLAG_COLUMNS} FROM risk_flags WHERE ({pairs}) "
+        "AND window_end >= :lo AND window_start <= :hi"
+    )
+    return (
+        text(sql + (" FOR UPDATE" if postgres else ""))
+        .bindparams(bindparam("lo", type_=UTCDateTime()), bindparam("hi", type_=UTCDateTime()))
+        .columns(window_start=UTCDateTime(), window_end=UTCDateTime())
     )
 
 
-def _stored(row: RiskFlag) -> Stored:
+@functools.lru_cache(maxsize=64)
+def _points_sql(kinds: tuple[EntityKind, ...]) -> TextualSelect:
+    """Failed attempts of one value per kind over a range each; rows tagged by position."""
+    parts = [
+        f"SELECT {i} AS tag, id, created, card_fingerprint FROM payment_attempts "
+        f"WHERE {ENTITY_COLUMNS[kind]} = :v{i} AND outcome = 'failed' "
+        f"AND created >= :lo{i} AND created <= :hi{i}"
+        for i, kind in enumerate(kinds)
+    ]
+    binds = [
+        bindparam(f"{name}{i}", type_=UTCDateTime())
+        for i in range(len(kinds))
+        for name in ("lo", "hi")
+    ]
+    return text(" UNION ALL ".join(parts)).bindparams(*binds).columns(created=UTCDateTime())
+
+
+def _find_flags(
+    session: Session, entities: Sequence[tuple[str, str]], lo: datetime, hi: datetime
+) -> list[_FlagRow]:
+    params: dict[str, Any] = {"lo": lo, "hi": hi}
+    for i, (kind, value) in enumerate(entities):
+        params[f"k{i}"] = kind
+        params[f"v{i}"] = value
+    statement = _flags_sql(len(entities), _is_postgres(session))
+    return [_FlagRow(*row) for row in session.execute(statement, params)]
+
+
+def _stored(row: _FlagRow | RiskFlag) -> Stored:
     return Stored(
         row.id, row.window_start, row.window_end, row.failures, row.status, row.distinct_cards
     )
-
-
-def _overlapping(
-    keys: Iterable[tuple[str, str]], lo: datetime | None, hi: datetime | None
-) -> ColumnElement[bool]:
-    conditions = [
-        and_(RiskFlag.entity_kind == kind, RiskFlag.entity_value == value) for kind, value in keys
-    ]
-    bounds = []
-    if lo is not None:
-        bounds.append(RiskFlag.window_end >= lo)
-    if hi is not None:
-        bounds.append(RiskFlag.window_start <= hi)
-    return and_(or_(*conditions), *bounds)
 
 
 # --- Writing ----------------------------------------------------------------------------------
@@ -240,7 +267,6 @@ def refresh(
 ) -> Changes:
     """Recompute the flags of `entities` for hits with right ends in [lo, hi] (extended over
     any stored flag the range touches) and write the difference."""
-    now = now or utcnow()
     window = rules.window
     if _is_postgres(session):
         lock_keys = sorted({_entity_lock_key(k, v) for k, v in entities})
@@ -249,16 +275,13 @@ def refresh(
             text(f"SELECT pg_advisory_xact_lock_shared(:g), {calls}"),
             {"g": _GLOBAL_LOCK_KEY, **{f"k{i}": k for i, k in enumerate(lock_keys)}},
         )
-    rows = session.execute(
-        select(RiskFlag).where(_overlapping(entities, lo - window, hi)).with_for_update()
-    ).scalars()
-    found: dict[tuple[str, str, str], list[RiskFlag]] = {}
-    for row in rows:
+    found: dict[tuple[str, str, str], list[_FlagRow]] = {}
+    for row in _find_flags(session, entities, lo - window, hi):
         found.setdefault((row.entity_kind, row.entity_value, row.pattern), []).append(row)
     # Extend each range until every stored flag overlapping [x_lo - window, x_hi] lies inside
     # [x_lo, x_hi]: then replacing those flags by the recomputed hits is exact.
     ranges: dict[tuple[EntityKind, str, Pattern], tuple[datetime, datetime]] = {}
-    stored: dict[tuple[EntityKind, str, Pattern], list[RiskFlag]] = {}
+    stored: dict[tuple[EntityKind, str, Pattern], list[_FlagRow]] = {}
     for kind, value in entities:
         for pattern in rules.patterns(kind):
             x_lo, x_hi = lo, hi
@@ -269,16 +292,11 @@ def refresh(
                 if (new_lo, new_hi) == (x_lo, x_hi):
                     break
                 x_lo, x_hi = new_lo, new_hi
-                flags = list(
-                    session.execute(
-                        select(RiskFlag)
-                        .where(
-                            _overlapping([(kind, value)], x_lo - window, x_hi),
-                            RiskFlag.pattern == pattern,
-                        )
-                        .with_for_update()
-                    ).scalars()
-                )
+                flags = [
+                    f
+                    for f in _find_flags(session, [(kind, value)], x_lo - window, x_hi)
+                    if f.pattern == pattern
+                ]
             stored[(kind, value, pattern)] = flags
             ranges[(kind, value, pattern)] = (x_lo, x_hi)
     spans: dict[tuple[EntityKind, str], tuple[datetime, datetime]] = {}
@@ -286,29 +304,20 @@ def refresh(
         a, b = spans.get((kind, value), (x_lo, x_hi))
         spans[(kind, value)] = (min(a, x_lo), max(b, x_hi))
     tagged = list(spans.items())
-    queries = [
-        _points_query(tag, kind, value, a - window, b)
-        for tag, ((kind, value), (a, b)) in enumerate(tagged)
-    ]
+    params: dict[str, Any] = {}
+    for i, ((_kind, value), (a, b)) in enumerate(tagged):
+        params.update({f"v{i}": value, f"lo{i}": a - window, f"hi{i}": b})
     points: list[list[Point]] = [[] for _ in tagged]
-    statement = queries[0] if len(queries) == 1 else union_all(*queries)
-    for tag, attempt_id, created, card in session.execute(statement):
+    statement = _points_sql(tuple(kind for (kind, _value), _span in tagged))
+    for tag, attempt_id, created, card in session.execute(statement, params):
         points[tag].append(Point(created, attempt_id, card))
     by_entity = {key: pts for (key, _span), pts in zip(tagged, points, strict=True)}
     changes = Changes()
     for (kind, value, pattern), (x_lo, x_hi) in ranges.items():
         windows = bursts.detect_windows(by_entity[(kind, value)], pattern, rules, ends=(x_lo, x_hi))
-        changes.add(
-            _apply(
-                session,
-                kind,
-                value,
-                pattern,
-                [_stored(f) for f in stored[(kind, value, pattern)]],
-                windows,
-                now,
-            )
-        )
+        previous = [_stored(f) for f in stored[(kind, value, pattern)]]
+        if windows or previous:
+            changes.add(_apply(session, kind, value, pattern, previous, windows, now or utcnow()))
     return changes
 
 
@@ -332,14 +341,11 @@ def _read_failed(session: Session, lo: datetime | None, hi: datetime | None) -> 
         conditions.append(PaymentAttempt.created >= lo)
     if hi is not None:
         conditions.append(PaymentAttempt.created <= hi)
-    # `created` as stored (text on SQLite): one vectorised parse instead of a datetime per row.
-    columns = [
-        type_coerce(PaymentAttempt.created, String).label("created")
-        if c == "created"
-        else getattr(PaymentAttempt, c)
-        for c in _ATTEMPT_COLUMNS
-    ]
-    rows = session.execute(select(*columns).where(*conditions)).all()
+    columns = [getattr(PaymentAttempt, c) for c in _ATTEMPT_COLUMNS]
+    result = session.connection().execute(select(*columns).where(*conditions))
+    # The driver's own rows (text times on SQLite): one vectorised parse below instead of a
+    # Row and a datetime object per attempt.
+    rows = result.cursor.fetchall()
     frame = pd.DataFrame.from_records(rows, columns=list(_ATTEMPT_COLUMNS))
     frame["created"] = pd.to_datetime(frame["created"], format="ISO8601", utc=True)
     return frame
@@ -392,15 +398,16 @@ def detect_period(
 def _windows_by_entity(
     frame: pd.DataFrame, rules: Rules, lo: datetime | None, hi: datetime | None
 ) -> dict[tuple[str, str, str], list[Window]]:
+    """Flags per (kind, value, pattern). A vectorised pre-filter keeps only the entities that
+    have enough failures within one window to be flagged at all; the flags themselves come
+    from `bursts.detect_windows`, the same function the incremental path uses."""
     result: dict[tuple[str, str, str], list[Window]] = {}
     if frame.empty:
         return result
     frame = frame.drop_duplicates("id")
-    times = frame["created"].to_numpy(dtype="datetime64[us]").astype(np.int64)
+    created = frame["created"]
+    times = created.to_numpy(dtype="datetime64[us]").astype(np.int64)
     window_us = int(rules.window / timedelta(microseconds=1))
-    created = frame["created"].dt.to_pydatetime()
-    ids = frame["id"].to_numpy()
-    cards = frame["card_fingerprint"].to_numpy()
     for kind, column in ENTITY_COLUMNS.items():
         codes, uniques = pd.factorize(frame[column], use_na_sentinel=True)
         present = codes >= 0
@@ -411,11 +418,17 @@ def _windows_by_entity(
         if len(dense) == 0:
             continue
         rows = np.flatnonzero(np.isin(codes, dense))
+        part = frame.iloc[rows]
         by_code: dict[int, list[Point]] = {}
-        for i in rows:
-            card = cards[i]
-            by_code.setdefault(int(codes[i]), []).append(
-                Point(created[i], str(ids[i]), None if pd.isna(card) else str(card))
+        for code, at, attempt_id, card in zip(
+            codes[rows].tolist(),
+            part["created"].dt.to_pydatetime().tolist(),
+            part["id"].tolist(),
+            part["card_fingerprint"].tolist(),
+            strict=True,
+        ):
+            by_code.setdefault(code, []).append(
+                Point(at, attempt_id, card if isinstance(card, str) else None)
             )
         for code, points in by_code.items():
             value = str(uniques[code])

@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import numpy as np
 import pytest
@@ -291,7 +292,10 @@ def streams(draw: st.DrawFn) -> tuple[list[Attempt], list[Attempt]]:
     """(distinct attempts, a stream delivering each one or more times in any order; a
     redelivery may carry a later time or fewer fields, as a charge and its PaymentIntent do)."""
     n = draw(st.integers(0, 30))
-    pick = lambda pool: st.one_of(st.none(), st.sampled_from(pool))  # noqa: E731
+
+    def pick(pool: list[str]) -> st.SearchStrategy[str | None]:
+        return st.one_of(st.none(), st.sampled_from(pool))
+
     attempts = []
     for i in range(n):
         attempts.append(
@@ -311,9 +315,8 @@ def streams(draw: st.DrawFn) -> tuple[list[Attempt], list[Attempt]]:
         for _ in range(draw(st.integers(0, 2))):
             later = draw(st.sampled_from([0, 0, 1, 60]))
             blank = draw(st.sets(st.sampled_from(list(bursts.ENTITY_COLUMNS.values()))))
-            stream.append(
-                replace(a, created=a.created + timedelta(minutes=later), **dict.fromkeys(blank))
-            )
+            blanks: dict[str, Any] = dict.fromkeys(blank)
+            stream.append(replace(a, created=a.created + timedelta(minutes=later), **blanks))
     stream = draw(st.permutations(stream))
     return attempts, stream
 
