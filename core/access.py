@@ -230,15 +230,25 @@ def _end(
     record(session, by, action, row.username, record_details, at=now)
 
 
+class NeedsWrite(Exception):
+    """`resume(..., write=False)` found something to record: call it again in a write
+    transaction. Keeps the common case (a live session, seen recently) a pure read, so clicks
+    never queue behind SQLite's single writer."""
+
+
 def resume(
     session: Session,
     token: str | None,
     *,
     users: Mapping[str, User] | None = None,
     now: datetime | None = None,
+    write: bool = True,
 ) -> Actor | None:
     """The actor of a live session, or None. Called on every rerun: an expired, logged out or
-    revoked session (or, given `users`, one whose user was removed or changed role) is over."""
+    revoked session (or, given `users`, one whose user was removed or changed role) is over.
+
+    With `write=False` nothing is changed: NeedsWrite is raised when the session must be marked
+    ended or its last_seen_at refreshed."""
     if not token:
         return None
     now = now or utcnow()
@@ -247,15 +257,20 @@ def resume(
     ).scalar_one_or_none()
     if row is None or row.revoked_at is not None:
         return None
-    if row.expires_at <= now:
+    user_changed = users is not None and (
+        (user := users.get(row.username)) is None or user.role != row.role
+    )
+    expired = row.expires_at <= now
+    stale = now - row.last_seen_at >= _SEEN_EVERY
+    if not write and (expired or user_changed or stale):
+        raise NeedsWrite
+    if expired:
         _end(session, row, Actor(row.username, _role(row.role)), "session.expired", "expired", now)
         return None
-    if users is not None:
-        user = users.get(row.username)
-        if user is None or user.role != row.role:
-            _end(session, row, SYSTEM, "session.revoked", "user removed or role changed", now)
-            return None
-    if now - row.last_seen_at >= _SEEN_EVERY:
+    if user_changed:
+        _end(session, row, SYSTEM, "session.revoked", "user removed or role changed", now)
+        return None
+    if stale:
         row.last_seen_at = now
     return Actor(row.username, _role(row.role))
 

@@ -66,8 +66,13 @@ def current_actor() -> Actor | None:
         users = load_users(get_settings().auth_config)
     except UsersError:
         users = {}  # an unreadable users file ends every session rather than trusting stale roles
-    with session_scope(get_engine()) as session:
-        actor = access.resume(session, token, users=users)
+    engine = get_engine()
+    try:
+        with session_scope(engine, write=False) as session:
+            actor = access.resume(session, token, users=users, write=False)
+    except access.NeedsWrite:
+        with session_scope(engine) as session:
+            actor = access.resume(session, token, users=users)
     if actor is None:
         st.session_state.pop(TOKEN_KEY, None)
     return actor

@@ -312,3 +312,25 @@ def test_mask_email() -> None:
     assert access.mask_email("jane.doe@example.com") == "j***@example.com"
     assert access.mask_email(None) is None
     assert access.mask_email("not-an-email") == "not-an-email"
+
+
+def test_a_read_only_check_asks_for_a_write_only_when_something_changes(
+    sqlite_engine: Engine,
+) -> None:
+    token = attempt(sqlite_engine, "alice", PASSWORD, T0).token
+
+    def peek(at: datetime, users: dict[str, User] = USERS) -> Actor | None:
+        with session_scope(sqlite_engine, write=False) as session:
+            return access.resume(session, token, users=users, now=at, write=False)
+
+    assert peek(T0 + timedelta(seconds=30)) == Actor("alice", "finance")
+    for at, users in (
+        (T0 + timedelta(minutes=2), USERS),  # last_seen_at to refresh
+        (T0 + timedelta(hours=9), USERS),  # expired, to be marked
+        (T0, {}),  # user removed, to be revoked
+    ):
+        with pytest.raises(access.NeedsWrite):
+            peek(at, users)
+    assert actions(sqlite_engine) == ["login.succeeded"]  # the reads changed nothing
+    assert resume(sqlite_engine, token, T0 + timedelta(minutes=2)) == Actor("alice", "finance")
+    assert peek(T0 + timedelta(minutes=2, seconds=30)) == Actor("alice", "finance")
