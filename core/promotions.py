@@ -324,7 +324,7 @@ class NewPromotionCode:
         """The parameters of the new coupon (an explicit id: a retry cannot make a second)."""
         params: dict[str, Any] = {"id": coupon_id, "duration": self.duration}
         if self.percent_off is not None:
-            params["percent_off"] = str(self.percent_off.normalize())
+            params["percent_off"] = f"{self.percent_off.normalize():f}"  # never "2E+1"
         else:
             params["amount_off"] = self.amount_off
             params["currency"] = self.currency
