@@ -157,19 +157,46 @@ def line_chart(
     st.plotly_chart(figure, key=key)
 
 
-def stacked_bars(frame: pd.DataFrame, x: str, stack: str, y: str, *, title: str, key: str) -> None:
-    """Bars of `y` per `x`, stacked by the values of `stack` (e.g. outcome)."""
+# Webhook delivery outcomes, good to bad, each in a colour that says which it is.
+OUTCOME_COLORS = {
+    "processed": "#2e7d32",
+    "duplicate": "#90a4ae",
+    "ignored": "#cfd8dc",
+    "rejected": "#f9a825",
+    "failed": "#c62828",
+}
+
+
+def stacked_bars(
+    frame: pd.DataFrame,
+    x: str,
+    stack: str,
+    y: str,
+    *,
+    title: str,
+    key: str,
+    colors: Mapping[str, str] = OUTCOME_COLORS,
+) -> None:
+    """Bars of `y` per `x`, stacked by the values of `stack` (e.g. outcome), in the order and
+    colours of `colors`, then any other value."""
     figure = go.Figure()
-    for name, part in frame.groupby(stack, sort=True):
-        figure.add_trace(go.Bar(x=part[x], y=part[y], name=str(name)))
+    present = [str(value) for value in frame[stack].unique()]
+    ordered = [name for name in colors if name in present]
+    ordered += sorted(name for name in present if name not in colors)
+    for name in ordered:
+        part = frame[frame[stack] == name]
+        figure.add_trace(go.Bar(x=part[x], y=part[y], name=name, marker_color=colors.get(name)))
     figure.update_layout(barmode="stack")
     _layout(figure, title)
     st.plotly_chart(figure, key=key)
 
 
-def bars(frame: pd.DataFrame, x: str, y: str, *, title: str, key: str) -> None:
-    figure = go.Figure(go.Bar(x=frame[x], y=frame[y]))
+def bars(frame: pd.DataFrame, x: str, y: str, *, title: str, key: str, log_y: bool = False) -> None:
+    figure = go.Figure(go.Bar(x=frame[x].astype(str), y=frame[y]))
     _layout(figure, title)
+    figure.update_xaxes(type="category")
+    if log_y:
+        figure.update_yaxes(type="log")
     st.plotly_chart(figure, key=key)
 
 

@@ -38,7 +38,8 @@ else:
         percent_axis=True,
         key="payments_rates_chart",
     )
-    widgets.table(rates, key="payments_rates_table")
+    with st.expander("Rates as a table"):
+        widgets.table(rates, key="payments_rates_table")
     widgets.csv_download(
         rates, f"payment-rates-{grain}.csv", label="Download rates (CSV)", key="payments_rates_csv"
     )
@@ -71,7 +72,8 @@ if volume.empty:
 else:
     widgets.currency_lines(volume, title="Volume", key="payments_volume_chart")
     shown = widgets.money_table(volume)
-    widgets.table(shown, key="payments_volume_table")
+    with st.expander("Volumes as a table"):
+        widgets.table(shown, key="payments_volume_table")
     widgets.csv_download(
         shown.assign(amount_minor_units=volume["amount"]),
         f"volume-by-currency-{grain}.csv",

@@ -43,7 +43,12 @@ retried.metric(
 most.metric("Most deliveries of one event", f"{retries.max_deliveries:,}")
 if not retries.distribution.empty:
     widgets.bars(
-        retries.distribution, "deliveries", "events", title="Deliveries per event", key="wh_retries"
+        retries.distribution,
+        "deliveries",
+        "events",
+        title="Events by number of deliveries (log scale)",
+        key="wh_retries",
+        log_y=True,
     )
 
 left, right = st.columns(2)
