@@ -474,3 +474,63 @@ def _perform(
         else f"Order {order_id} cannot be fulfilled by hand: {why}."
     )
     return ManualOutcome(result, message, order_id, request_id, reply.request_id)
+
+
+@dataclass(frozen=True)
+class AwaitingOrder:
+    id: int
+    checkout_session_id: str | None
+    customer_email: str | None
+    amount_total: int
+    currency: str | None
+    paid_at: Any
+
+
+def awaiting_fulfillment(session: Any, limit: int = 200) -> list[AwaitingOrder]:
+    """Orders paid but not fulfilled (nor refunded or disputed), oldest payment first."""
+    rows = session.execute(
+        select(Order)
+        .where(Order.status == "paid", Order.paid_at.is_not(None))
+        .order_by(Order.paid_at)
+        .limit(limit)
+    ).scalars()
+    return [
+        AwaitingOrder(
+            o.id, o.checkout_session_id, o.customer_email, o.amount_total, o.currency, o.paid_at
+        )
+        for o in rows
+    ]
+
+
+@dataclass(frozen=True)
+class RequestView:
+    id: int
+    order_id: int
+    requested_by: str
+    requested_at: Any
+    reason: str
+    status: str
+    decided_by: str | None
+    outcome: str | None
+
+
+def fulfillment_requests(
+    session: Any, *, pending_only: bool, limit: int = 200
+) -> list[RequestView]:
+    """Manual-fulfillment requests, newest first."""
+    query = select(FulfillmentRequest).order_by(FulfillmentRequest.id.desc()).limit(limit)
+    if pending_only:
+        query = query.where(FulfillmentRequest.status == "pending")
+    return [
+        RequestView(
+            r.id,
+            r.order_id,
+            r.requested_by,
+            r.requested_at,
+            r.reason,
+            r.status,
+            r.decided_by,
+            r.outcome,
+        )
+        for r in session.execute(query).scalars()
+    ]

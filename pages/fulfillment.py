@@ -1,11 +1,107 @@
-"""Manual fulfillment (placeholder until the page lands)."""
+"""Manual fulfillment: for orders paid but not fulfilled. Support requests with a reason; an
+admin (never the requester) approves after Stripe confirms the payment live, or fulfils
+directly with a reason and the typed order id. Every attempt is audited."""
 
 from __future__ import annotations
 
 import streamlit as st
 
+from core.access import allowed
+from core.fulfillment import ManualOutcome
+from dashboard import stripe_views as views
 from dashboard.auth import require
 
-require("fulfillment.request")
+actor = require("fulfillment.request")
 st.title("Manual fulfillment")
-st.info("Coming soon.")
+views.standin_notice()
+st.caption(
+    "Only for orders paid but not fulfilled (the fulfiller failed, a webhook was lost). "
+    "Stripe is asked live before anything happens; refunded or disputed orders are refused."
+)
+
+
+def show(outcome: ManualOutcome) -> None:
+    if outcome.ok:
+        st.success(outcome.message)
+    elif outcome.result == "already_fulfilled":
+        st.info(outcome.message)
+    else:
+        st.error(outcome.message)
+
+
+st.subheader("Orders paid but not fulfilled")
+awaiting = views.awaiting_orders(actor)
+if awaiting.empty:
+    st.success("Every paid order is fulfilled.")
+else:
+    st.dataframe(awaiting, hide_index=True, key="mf_awaiting")
+
+st.subheader("Request a manual fulfillment")
+with st.form("mf_request_form", clear_on_submit=False):
+    order_id = st.number_input("Order id", min_value=1, step=1, value=None, key="mf_order")
+    reason = st.text_area("Reason (what failed, who asked)", key="mf_reason")
+    typed = st.text_input("Type the order id again to confirm", key="mf_confirm")
+    asked = st.form_submit_button("Request fulfillment")
+if asked:
+    if order_id is None:
+        st.error("Enter the order id.")
+    else:
+        show(views.request_fulfillment(actor, int(order_id), reason, typed))
+
+if allowed(actor.role, "fulfillment.approve"):
+    st.subheader("Requests waiting for approval")
+    pending = views.requests(actor, pending_only=True)
+    if not pending:
+        st.info("No request is waiting.")
+    for request in pending:
+        with st.container(border=True):
+            st.markdown(
+                f"**#{request.id}** · order **{request.order_id}** · requested by "
+                f"`{request.requested_by}` on {request.requested_at:%Y-%m-%d %H:%M} UTC"
+            )
+            st.text(request.reason)
+            if request.requested_by == actor.username:
+                st.caption("Your own request: another admin must approve it.")
+            confirm = st.text_input(
+                f"Type order id {request.order_id} to approve",
+                key=f"mf_approve_confirm_{request.id}",
+            )
+            approve_col, reject_col = st.columns(2)
+            if approve_col.button("Approve and fulfil", key=f"mf_approve_{request.id}"):
+                show(views.approve(actor, request.id, confirm))
+            note = reject_col.text_input("Note for rejecting", key=f"mf_reject_note_{request.id}")
+            if reject_col.button("Reject", key=f"mf_reject_{request.id}"):
+                show(views.reject(actor, request.id, note))
+
+    st.subheader("Fulfil directly")
+    with st.form("mf_perform_form"):
+        direct_id = st.number_input("Order id", min_value=1, step=1, value=None, key="mf_d_order")
+        direct_reason = st.text_area("Reason", key="mf_d_reason")
+        direct_typed = st.text_input("Type the order id again to confirm", key="mf_d_confirm")
+        go = st.form_submit_button("Fulfil now")
+    if go:
+        if direct_id is None:
+            st.error("Enter the order id.")
+        else:
+            show(views.perform(actor, int(direct_id), direct_reason, direct_typed))
+
+st.subheader("Recent requests")
+recent = views.requests(actor, pending_only=False)
+if recent:
+    st.dataframe(
+        [
+            {
+                "request": r.id,
+                "order": r.order_id,
+                "requested by": r.requested_by,
+                "status": r.status,
+                "decided by": r.decided_by,
+                "outcome": r.outcome,
+            }
+            for r in recent
+        ],
+        hide_index=True,
+        key="mf_recent",
+    )
+else:
+    st.caption("No request yet.")
