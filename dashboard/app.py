@@ -2,9 +2,9 @@
 
     streamlit run dashboard/app.py
 
-Every page the role may use is listed. The others are registered too, but hidden: reaching one
-by its URL runs the page, whose first line (`require(...)`) shows a refusal and stops before any
-data is read. Permissions are checked again in core for every action.
+The sidebar lists the pages the role may use. The others are registered too, but hidden:
+reaching one by its URL runs the page, whose first line (`require(...)`) shows a refusal and
+stops before any data is read. Permissions are checked again in core for every action.
 """
 
 from __future__ import annotations
@@ -50,31 +50,46 @@ def visible_pages(role: str | None) -> list[PageSpec]:
     return [spec for spec in PAGES if access.allowed(role, spec.permission)]
 
 
-def navigation_for(actor: Actor) -> list[st.Page]:
-    allowed = {spec.file for spec in visible_pages(actor.role)}
-    landing = next((file for file in LANDING if file in allowed), None)
-    return [
-        st.Page(
-            PAGES_DIR / spec.file,
-            title=spec.title,
-            icon=spec.icon,
-            default=spec.file == landing,
-            visibility="visible" if spec.file in allowed else "hidden",
+def landing_file(role: str | None) -> str | None:
+    allowed = {spec.file for spec in visible_pages(role)}
+    return next((file for file in LANDING if file in allowed), None)
+
+
+def register_pages() -> tuple[st.Page, dict[str, st.Page]]:
+    """Every page, registered hidden (the sidebar draws the role's own links), and a home page
+    at "/" that sends each role to its landing page.
+
+    Registering all of them before the login form lets a link to a page survive the login:
+    after logging in, that page runs, and its `require(...)` refuses a role that may not use
+    it. Without registration Streamlit would quietly show some other page instead."""
+    pages = {
+        spec.file: st.Page(
+            PAGES_DIR / spec.file, title=spec.title, icon=spec.icon, visibility="hidden"
         )
         for spec in PAGES
-    ]
+    }
+
+    def home() -> None:
+        actor = auth.current_actor()
+        landing = landing_file(actor.role if actor else None)
+        if landing is None:
+            st.error(auth.FORBIDDEN)
+            st.stop()
+        st.switch_page(pages[landing])
+
+    home_page = st.Page(home, title="Home", url_path="home", default=True, visibility="hidden")
+    return home_page, pages
 
 
-def sidebar(actor: Actor, pages: list[st.Page]) -> None:
+def sidebar(actor: Actor, pages: dict[str, st.Page]) -> None:
     """Who is logged in, the pages the role may use, logout, and whether Stripe is real.
 
-    The navigation is drawn here with page links (st.navigation itself is hidden) so that the
-    list a person sees is plain elements in the page, which the AppTest suite reads."""
+    The navigation is drawn here with page links (st.navigation itself is hidden), from the
+    role's permissions; the links are plain elements, which the AppTest suite reads."""
     with st.sidebar:
         st.markdown(f"Signed in as **{actor.username}**  \nRole: **{actor.role}**")
-        for page in pages:
-            if page.visibility == "visible":
-                st.page_link(page, label=page.title, icon=page.icon or None)
+        for spec in visible_pages(actor.role):
+            st.page_link(pages[spec.file], label=spec.title, icon=spec.icon)
         st.divider()
         if st.button("Log out", key=auth.LOGOUT_KEY, icon=":material/logout:"):
             auth.logout()
@@ -87,17 +102,19 @@ def sidebar(actor: Actor, pages: list[st.Page]) -> None:
 
 
 def main() -> None:
-    st.set_page_config(page_title="Payments console", page_icon=":material/payments:")
+    st.set_page_config(
+        page_title="Payments console", page_icon=":material/payments:", layout="wide"
+    )
     try:
         get_settings()
     except ConfigError as exc:
         st.error(str(exc))
         st.stop()
+    home, pages = register_pages()
+    current = st.navigation([home, *pages.values()], position="hidden")
     actor = auth.current_actor() or auth.login_form()
     if actor is None:
         st.stop()
-    pages = navigation_for(actor)
-    current = st.navigation(pages, position="hidden")
     sidebar(actor, pages)
     current.run()
 

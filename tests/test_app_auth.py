@@ -293,3 +293,22 @@ def test_users_file_from_the_environment(sqlite_url: str, tmp_path: Path) -> Non
     configure(sqlite_url, empty)
     at = fresh_login(sqlite_url, "admin", PASSWORDS["admin"])
     assert errors(at) == [BAD_CREDENTIALS]
+
+
+@pytest.mark.parametrize(
+    ("role", "page", "allowed"),
+    [("admin", "pages/audit_log.py", True), ("support", "pages/audit_log.py", False)],
+)
+def test_a_link_to_a_page_survives_the_login(
+    sqlite_url: str, role: str, page: str, allowed: bool
+) -> None:
+    configure(sqlite_url)
+    at = new_app().run()
+    at.switch_page(page_path(page)).run()
+    assert shows_login_form(at)
+    login(at, role, PASSWORDS[role])
+    assert logged_in(at)
+    if allowed:
+        assert [t.value for t in at.title] == ["Audit log"]
+    else:
+        assert refused(at) and not at.main.title and not at.main.dataframe
