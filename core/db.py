@@ -39,6 +39,8 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
     kwargs.setdefault("pool_size", 10)
     kwargs.setdefault("max_overflow", 20)
     kwargs.setdefault("connect_args", {"connect_timeout": 5})
+    # rowcount (insert-ignore, guarded updates) is -1 with psycopg 3.3 unless preserved.
+    kwargs.setdefault("execution_options", {"preserve_rowcount": True})
     return create_engine(url, **kwargs)
 
 
@@ -127,4 +129,7 @@ def _insert_ignore_statement(table: Any, dialect: str, index_elements: tuple[str
     if dialect not in ("postgresql", "sqlite"):  # pragma: no cover
         raise RuntimeError(f"unsupported database {dialect}")
     insert_fn: Any = pg_insert if dialect == "postgresql" else sqlite_insert
-    return insert_fn(table).on_conflict_do_nothing(index_elements=list(index_elements) or None)
+    stmt = insert_fn(table).on_conflict_do_nothing(index_elements=list(index_elements) or None)
+    # psycopg 3.3 resets cursor.rowcount when SQLAlchemy closes the cursor: without this,
+    # rowcount is -1 on PostgreSQL and every duplicate looks inserted.
+    return stmt.execution_options(preserve_rowcount=True)
