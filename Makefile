@@ -7,6 +7,7 @@ STAMP := $(VENV)/.installed
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 RECEIVER_PORT ?= 8000
 DASHBOARD_PORT ?= 8501
+STANDIN_PORT ?= 12111
 
 # Embedded demo defaults; a .env file or the environment overrides each of them.
 export DATABASE_URL ?= sqlite:///data/payments.db
@@ -51,6 +52,11 @@ run: venv migrate
 	@echo "receiver:  http://127.0.0.1:$(RECEIVER_PORT)/webhooks/stripe"
 	@echo "dashboard: http://127.0.0.1:$(DASHBOARD_PORT)  (admin / admin-demo, finance / finance-demo, support / support-demo)"
 	@trap 'kill 0' EXIT INT TERM; \
+	if [ -z "$$STRIPE_SECRET_KEY" ] && ! grep -qs '^STRIPE_SECRET_KEY=.' .env; then \
+	  export STRIPE_API_BASE=http://127.0.0.1:$(STANDIN_PORT); \
+	  echo "stripe:    no STRIPE_SECRET_KEY, so a local Stripe STAND-IN (not Stripe) at $$STRIPE_API_BASE"; \
+	  $(BIN)/python -m core standin --port $(STANDIN_PORT) --receiver-url http://127.0.0.1:$(RECEIVER_PORT)/webhooks/stripe & \
+	fi; \
 	$(BIN)/uvicorn receiver.app:app --host 127.0.0.1 --port $(RECEIVER_PORT) --log-level warning & \
 	$(BIN)/streamlit run dashboard/app.py --server.address 127.0.0.1 --server.port $(DASHBOARD_PORT) & \
 	wait

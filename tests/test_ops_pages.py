@@ -65,7 +65,8 @@ def click(at: AppTest, label: str) -> AppTest:
 
 
 def texts(at: AppTest) -> str:
-    parts = [e.value for kind in ("success", "error", "info", "warning") for e in at.get(kind)]
+    kinds = ("success", "error", "info", "warning")
+    parts = [getattr(e, "value", "") for kind in kinds for e in at.get(kind)]
     return "\n".join(str(p) for p in parts)
 
 
