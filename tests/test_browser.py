@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import pandas as pd
 import pytest
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 
@@ -214,19 +215,26 @@ def test_a_day_at_the_console(dashboard: Dashboard, browser: Browser, role: str)
             # A chart, drawn by plotly in the browser.
             open_page(page, "Payments")
             expect(page.locator(".js-plotly-plot").first).to_be_visible()
-            expect(page.get_by_text("Download rates (CSV)")).to_be_visible()
             shot(page, f"{role}-3-payments")
+            # The CSV holds what the chart shows: one row per day with attempts (the week
+            # before: 1; two days ago: 7), raw and per card.
+            with page.expect_download() as download:
+                page.get_by_role("button", name="Download rates (CSV)").click()
+            saved = ARTIFACTS / f"{role}-payment-rates.csv"
+            download.value.save_as(saved)
+            rates = pd.read_csv(saved)
+            assert list(rates["attempts"]) == [1, 7]
+            assert list(rates["cards_failed"]) == [0, 1]
             open_page(page, "Overview")
             expect(page.get_by_test_id("stMetric").first).to_be_visible()
             shot(page, f"{role}-4-overview")
         else:
-            # A page the role may not use, reached by its URL: none of its data. (A new browser
-            # session logs in first, then lands where the role may be; the refusal a logged-in
-            # session gets on that URL is checked in test_pages.py.)
+            # A page the role may not use, reached by its URL: a refusal and none of its data.
             log_in(page, f"{dashboard.url}/payments", role)
-            expect(page.get_by_role("heading", level=1).first).to_be_visible()
+            expect(page.get_by_text("Your role does not give access to this page.")).to_be_visible()
             expect(page.get_by_role("heading", name="Payments", level=1)).to_have_count(0)
             expect(page.locator(".js-plotly-plot")).to_have_count(0)
+            expect(page.get_by_test_id("stMetric")).to_have_count(0)
             expect(page.get_by_text("Download rates (CSV)")).to_have_count(0)
             shot(page, f"{role}-3-payments-url")
     except Exception:
