@@ -633,3 +633,26 @@ def test_orders_results_page_through_many_matches(shop: tuple[str, Facts]) -> No
     at.pagination[0].set_value(2).run()
     second = table_with(at, "checkout session")
     assert list(second["email"]) == ["bulk001@example.com", "bulk000@example.com"]
+
+
+def _overview_page() -> None:
+    from core.access import Actor
+    from core.metrics import Period
+    from dashboard import data
+
+    data.overview(Actor("finance", "finance"), Period.last(7))
+    import streamlit as st
+
+    st.write("figures drawn")  # never reached: the page stops at the message
+
+
+def test_a_database_outage_is_a_short_message_not_a_stack_trace(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A database file with no tables: every query fails as it would with the server gone.
+    monkeypatch.setenv("DATABASE_URL", f"sqlite:///{tmp_path / 'empty.db'}")
+    data.clear()
+    at = AppTest.from_function(_overview_page, default_timeout=30).run()
+    assert not at.exception
+    assert [error.value for error in at.error] == [data.UNAVAILABLE]
+    assert not at.markdown
