@@ -177,7 +177,9 @@ def login(
     from core.users import DEMO_PASSWORDS, check_password, normalize_username
 
     now = now or utcnow()
-    name = normalize_username(username)[:_MAX_USERNAME]
+    # Whatever was typed is stored and audited: keep it printable (no terminal escapes).
+    name = "".join(c if c.isprintable() else "?" for c in normalize_username(username))
+    name = name[:_MAX_USERNAME]
     if not name or not password:
         return LoginResult(False, EMPTY_CREDENTIALS)
     who = Actor(name)  # the attempted name; no role until the password is proven

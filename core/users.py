@@ -115,7 +115,10 @@ def load_users(path: Path) -> dict[str, User]:
         raise UsersError(f"The users file {path} has no credentials.usernames mapping.")
     users: dict[str, User] = {}
     for raw_name, entry in entries.items():
-        username = normalize_username(str(raw_name))
+        try:
+            username = validate_username(str(raw_name))
+        except UsersError:
+            raise UsersError(f"The users file {path} holds an invalid username.") from None
         if not isinstance(entry, dict):
             raise UsersError(f"User {username!r} in {path} is not a mapping.")
         roles = entry.get("roles") or []

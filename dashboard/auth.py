@@ -35,12 +35,13 @@ from __future__ import annotations
 from typing import NoReturn
 
 import streamlit as st
+from sqlalchemy.exc import SQLAlchemyError
 
 from core import access
 from core.access import Actor
 from core.db import get_engine, session_scope
 from core.settings import get_settings
-from core.users import UsersError, load_users
+from core.users import User, UsersError, load_users
 
 TOKEN_KEY = "_auth_session_token"  # noqa: S105 (a session-state key, not a secret)
 FORM_KEY = "login"
@@ -49,6 +50,7 @@ PASSWORD_KEY = "login_password"  # noqa: S105 (a widget key)
 LOGOUT_KEY = "logout"
 NOT_LOGGED_IN = "Please log in to see this page."
 FORBIDDEN = "Your role does not give access to this page."
+UNAVAILABLE = "The database is not reachable right now, so nobody can be logged in. Try again soon."
 
 
 def _refuse(message: str) -> NoReturn:
@@ -68,11 +70,14 @@ def current_actor() -> Actor | None:
         users = {}  # an unreadable users file ends every session rather than trusting stale roles
     engine = get_engine()
     try:
-        with session_scope(engine, write=False) as session:
-            actor = access.resume(session, token, users=users, write=False)
-    except access.NeedsWrite:
-        with session_scope(engine) as session:
-            actor = access.resume(session, token, users=users)
+        try:
+            with session_scope(engine, write=False) as session:
+                actor = access.resume(session, token, users=users, write=False)
+        except access.NeedsWrite:
+            with session_scope(engine) as session:
+                actor = access.resume(session, token, users=users)
+    except SQLAlchemyError:
+        _refuse(UNAVAILABLE)  # fail closed, without a stack trace
     if actor is None:
         st.session_state.pop(TOKEN_KEY, None)
     return actor
@@ -107,11 +112,31 @@ def login_form() -> Actor | None:
     settings = get_settings()
     try:
         users = load_users(settings.auth_config)
-    except UsersError as exc:
-        st.error(f"Login is unavailable: {exc}")
+    except UsersError:
+        # The reason (with the file's path) is for operators: `python -m core users list`.
+        st.error("Login is unavailable: the users file cannot be read. Ask an operator.")
         return None
+    if not users:
+        st.warning(
+            "No users are configured yet: an operator adds them with `python -m core users add`."
+        )
+        return None
+    try:
+        result = _login(users, username, password)
+    except SQLAlchemyError:
+        _refuse(UNAVAILABLE)
+    if not result.ok or result.token is None:
+        st.error(result.message or access.BAD_CREDENTIALS)
+        return None
+    st.session_state[TOKEN_KEY] = result.token
+    placeholder.empty()
+    return result.actor
+
+
+def _login(users: dict[str, User], username: str, password: str) -> access.LoginResult:
+    settings = get_settings()
     with session_scope(get_engine()) as session:
-        result = access.login(
+        return access.login(
             session,
             users,
             username,
@@ -119,12 +144,6 @@ def login_form() -> Actor | None:
             session_hours=settings.session_hours,
             production=settings.is_production,
         )
-    if not result.ok or result.token is None:
-        st.error(result.message or access.BAD_CREDENTIALS)
-        return None
-    st.session_state[TOKEN_KEY] = result.token
-    placeholder.empty()
-    return result.actor
 
 
 def logout() -> None:

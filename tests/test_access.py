@@ -334,3 +334,11 @@ def test_a_read_only_check_asks_for_a_write_only_when_something_changes(
     assert actions(sqlite_engine) == ["login.succeeded"]  # the reads changed nothing
     assert resume(sqlite_engine, token, T0 + timedelta(minutes=2)) == Actor("alice", "finance")
     assert peek(T0 + timedelta(minutes=2, seconds=30)) == Actor("alice", "finance")
+
+
+def test_typed_usernames_are_stored_printable(sqlite_engine: Engine) -> None:
+    attempt(sqlite_engine, "evil\x1b[31m\nname", WRONG, T0)
+    with session_scope(sqlite_engine, write=False) as session:
+        stored = session.execute(select(LoginAttempt.username)).scalar_one()
+        audited = session.execute(select(AuditEntry.actor)).scalar_one()
+    assert stored == audited == "evil?[31m?name"

@@ -20,7 +20,7 @@ from core.access import BAD_CREDENTIALS, LOCKED_OUT, LOCKOUT_FAILURES
 from core.db import make_engine, session_scope
 from core.models import AuditEntry
 from dashboard.app import PAGES
-from dashboard.auth import TOKEN_KEY
+from dashboard.auth import TOKEN_KEY, UNAVAILABLE
 from tests.support.apptest import (
     PASSWORDS,
     app_as,
@@ -32,6 +32,7 @@ from tests.support.apptest import (
     page_path,
     refused,
     reset_caches,
+    write_users,
 )
 
 EXPECTED_PAGES = {
@@ -72,7 +73,7 @@ def shows_login_form(at: AppTest) -> bool:
     return any(button.label == "Log in" for button in at.button) and not logged_in(at)
 
 
-def fresh_login(db_url: str, username: str, password: str) -> AppTest:
+def fresh_login(username: str, password: str) -> AppTest:
     """A new browser session submitting the login form."""
     at = new_app().run()
     return login(at, username, password)
@@ -118,7 +119,7 @@ def test_a_wrong_login_is_refused_with_one_message(
     sqlite_url: str, username: str, password: str
 ) -> None:
     configure(sqlite_url)
-    at = fresh_login(sqlite_url, username, password)
+    at = fresh_login(username, password)
     assert not at.exception
     assert errors(at) == [BAD_CREDENTIALS]
     assert shows_login_form(at)
@@ -127,7 +128,7 @@ def test_a_wrong_login_is_refused_with_one_message(
 
 def test_usernames_are_case_insensitive(sqlite_url: str) -> None:
     configure(sqlite_url)
-    at = fresh_login(sqlite_url, " Finance ", PASSWORDS["finance"])
+    at = fresh_login(" Finance ", PASSWORDS["finance"])
     assert logged_in(at) and nav_titles(at) == EXPECTED_PAGES["finance"]
 
 
@@ -168,7 +169,7 @@ def test_lockout_holds_across_browser_sessions_and_a_restart(db_url: str, userna
 
     reset_caches()  # restart: new engine, settings and caches; same database
     configure(db_url)
-    again = fresh_login(db_url, username, PASSWORDS.get(username, "finance-demo"))
+    again = fresh_login(username, PASSWORDS.get(username, "finance-demo"))
     assert errors(again) == [LOCKED_OUT]
     assert not logged_in(again) and nav_titles(again) == []
 
@@ -217,8 +218,8 @@ def test_a_password_reset_ends_live_sessions(
     assert cli(["users", "reset-password", "support"]) == 0
     at.run()
     assert shows_login_form(at)
-    assert not logged_in(fresh_login(sqlite_url, "support", PASSWORDS["support"]))
-    assert logged_in(fresh_login(sqlite_url, "support", new_password))
+    assert not logged_in(fresh_login("support", PASSWORDS["support"]))
+    assert logged_in(fresh_login("support", new_password))
 
 
 def test_sessions_expire_after_session_hours(
@@ -244,7 +245,7 @@ def test_removing_a_user_ends_their_session(sqlite_url: str) -> None:
 
 def test_audit_log_page_lists_logins_and_filters_them(sqlite_url: str) -> None:
     configure(sqlite_url)
-    fresh_login(sqlite_url, "support", "wrong-password-guess")
+    fresh_login("support", "wrong-password-guess")
     at = app_as("admin", sqlite_url, page="pages/audit_log.py")
     assert not at.exception
     assert any("Chain intact: 2 entries" in str(s.value) for s in at.success)
@@ -275,7 +276,7 @@ def test_audit_log_page_pages_through_entries(sqlite_url: str) -> None:
 def test_audit_log_page_shows_where_the_chain_breaks(sqlite_url: str) -> None:
     configure(sqlite_url)
     for _ in range(3):
-        fresh_login(sqlite_url, "support", "wrong-password-guess")
+        fresh_login("support", "wrong-password-guess")
     engine = make_engine(sqlite_url)
     with session_scope(engine) as session:
         session.execute(update(AuditEntry).where(AuditEntry.id == 2).values(target="someone"))
@@ -284,31 +285,38 @@ def test_audit_log_page_shows_where_the_chain_breaks(sqlite_url: str) -> None:
     assert any("Chain broken at entry 2" in e for e in errors(at))
 
 
-def test_users_file_from_the_environment(sqlite_url: str, tmp_path: Path) -> None:
-    # A users file that does not hold the demo users: demo passwords do not work.
-    from core.users import save_users
-
-    empty = tmp_path / "nobody.yaml"
-    save_users(empty, {})
-    configure(sqlite_url, empty)
-    at = fresh_login(sqlite_url, "admin", PASSWORDS["admin"])
-    assert errors(at) == [BAD_CREDENTIALS]
-
-
 @pytest.mark.parametrize(
-    ("role", "page", "allowed"),
-    [("admin", "pages/audit_log.py", True), ("support", "pages/audit_log.py", False)],
+    ("body", "message"),
+    [
+        ("credentials: {usernames: {}}\n", "No users are configured yet"),
+        ("credentials: [broken", "Login is unavailable"),
+    ],
+    ids=["no-users", "unreadable"],
 )
-def test_a_link_to_a_page_survives_the_login(
-    sqlite_url: str, role: str, page: str, allowed: bool
+def test_a_missing_or_broken_users_file_is_explained_without_details(
+    sqlite_url: str, tmp_path: Path, body: str, message: str
 ) -> None:
-    configure(sqlite_url)
-    at = new_app().run()
-    at.switch_page(page_path(page)).run()
-    assert shows_login_form(at)
-    login(at, role, PASSWORDS[role])
-    assert logged_in(at)
-    if allowed:
-        assert [t.value for t in at.title] == ["Audit log"]
-    else:
-        assert refused(at) and not at.main.title and not at.main.dataframe
+    path = tmp_path / "users.yaml"
+    path.write_text(body)
+    configure(sqlite_url, path)
+    at = fresh_login("admin", PASSWORDS["admin"])
+    shown = [str(e.value) for e in (*at.error, *at.warning)]
+    assert len(shown) == 1 and shown[0].startswith(message)
+    assert str(tmp_path) not in shown[0]
+    assert not logged_in(at)
+
+
+def test_only_users_in_the_configured_file_can_log_in(sqlite_url: str, tmp_path: Path) -> None:
+    path = write_users(tmp_path / "other.yaml", {"olga": ("admin", "olga's long password")})
+    configure(sqlite_url, path)
+    assert logged_in(fresh_login("olga", "olga's long password"))
+    path.write_text(path.read_text().replace("olga", "oleg"))  # edited by hand
+    assert errors(fresh_login("olga", "olga's long password")) == [BAD_CREDENTIALS]
+
+
+def test_an_unreachable_database_refuses_login_plainly(tmp_path: Path) -> None:
+    configure("postgresql+psycopg://nobody@127.0.0.1:1/payments")
+    at = fresh_login("admin", PASSWORDS["admin"])
+    assert not at.exception
+    assert errors(at) == [UNAVAILABLE]
+    assert not logged_in(at)

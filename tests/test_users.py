@@ -132,8 +132,10 @@ def test_a_missing_file_means_no_users(tmp_path: Path) -> None:
         "credentials:\n  usernames:\n    a:\n      password: plain-text-password\n"
         "      roles: [admin]\n",
         "credentials:\n  usernames: [a, b]\n",
+        "credentials:\n  usernames:\n    '**bold**':\n      password: $2b$04$x\n"
+        "      roles: [admin]\n",
     ],
-    ids=["yaml", "unknown-role", "two-roles", "plain-password", "not-a-mapping"],
+    ids=["yaml", "unknown-role", "two-roles", "plain-password", "not-a-mapping", "bad-name"],
 )
 def test_invalid_files_are_refused_with_a_clear_message(tmp_path: Path, body: str) -> None:
     path = tmp_path / "users.yaml"
