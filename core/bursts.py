@@ -24,6 +24,7 @@ why incremental and batch detection agree by construction; tests check it on ran
 
 from __future__ import annotations
 
+from bisect import bisect_left, bisect_right
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -185,11 +186,13 @@ def _unique_points(points: Iterable[Point]) -> list[Point]:
             by_id[p.id] = p
         else:
             by_id[p.id] = Point(min(p.created, known.created), p.id, _first(p.card, known.card))
-    return sorted(by_id.values())
+    return sorted(by_id.values(), key=lambda p: (p.created, p.id))
 
 
-def _describe(points: Sequence[Point], start: datetime, end: datetime) -> Window:
-    inside = [p for p in points if start <= p.created <= end]
+def _describe(
+    points: Sequence[Point], times: Sequence[datetime], start: datetime, end: datetime
+) -> Window:
+    inside = points[bisect_left(times, start) : bisect_right(times, end)]
     cards = {p.card for p in inside if p.card is not None}
     return Window(start, end, len(inside), len(cards), tuple(p.id for p in inside))
 
@@ -237,7 +240,8 @@ def detect_windows(
             spans[-1] = (spans[-1][0], r)
         else:
             spans.append((start, r))
-    return [_describe(pts, s, e) for s, e in spans]
+    times = [p.created for p in pts]
+    return [_describe(pts, times, s, e) for s, e in spans]
 
 
 def merge_windows(windows: Iterable[tuple[datetime, datetime]]) -> list[tuple[datetime, datetime]]:

@@ -21,10 +21,11 @@ import hashlib
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
 import numpy as np
+import numpy.typing as npt
 import pandas as pd
 from sqlalchemy import (
     ColumnElement,
@@ -335,7 +336,22 @@ class BatchResult:
 _ATTEMPT_COLUMNS = ("id", "created", *ENTITY_COLUMNS.values())
 
 
-def _read_failed(session: Session, lo: datetime | None, hi: datetime | None) -> pd.DataFrame:
+@dataclass(frozen=True)
+class _Failed:
+    """Failed attempts as columns: ids, times in microseconds since the epoch, entities."""
+
+    ids: list[str]
+    times: npt.NDArray[np.int64]
+    columns: dict[str, list[str | None]]
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def _read_failed(session: Session, lo: datetime | None, hi: datetime | None) -> _Failed:
     conditions: list[ColumnElement[bool]] = [PaymentAttempt.outcome == "failed"]
     if lo is not None:
         conditions.append(PaymentAttempt.created >= lo)
@@ -343,12 +359,31 @@ def _read_failed(session: Session, lo: datetime | None, hi: datetime | None) -> 
         conditions.append(PaymentAttempt.created <= hi)
     columns = [getattr(PaymentAttempt, c) for c in _ATTEMPT_COLUMNS]
     result = session.connection().execute(select(*columns).where(*conditions))
-    # The driver's own rows (text times on SQLite): one vectorised parse below instead of a
-    # Row and a datetime object per attempt.
+    # The driver's own rows, read column by column: no Row, ORM or DataFrame object per attempt.
     rows = result.cursor.fetchall()
-    frame = pd.DataFrame.from_records(rows, columns=list(_ATTEMPT_COLUMNS))
-    frame["created"] = pd.to_datetime(frame["created"], format="ISO8601", utc=True)
-    return frame
+    created = [r[1] for r in rows]
+    if created and isinstance(created[0], str):  # SQLite stores UTC as ISO text
+        times = np.array(created, dtype="datetime64[us]").astype(np.int64)
+    else:
+        times = np.array(
+            [(t - _EPOCH) // timedelta(microseconds=1) for t in created], dtype=np.int64
+        )
+    return _Failed(
+        ids=[r[0] for r in rows],
+        times=times,
+        columns={c: [r[i] for r in rows] for i, c in enumerate(_ATTEMPT_COLUMNS) if i >= 2},
+    )
+
+
+def _flag_rows(session: Session, lo: datetime | None, hi: datetime | None) -> list[_FlagRow]:
+    bounds: list[ColumnElement[bool]] = []
+    if lo is not None:
+        bounds.append(RiskFlag.window_end >= lo)
+    if hi is not None:
+        bounds.append(RiskFlag.window_start <= hi)
+    columns = [getattr(RiskFlag, c.strip()) for c in _FLAG_COLUMNS.split(",")]
+    rows = session.execute(select(*columns).where(*bounds).with_for_update())
+    return [_FlagRow(*row) for row in rows]
 
 
 def detect_period(
@@ -367,22 +402,17 @@ def detect_period(
         session.execute(text("SELECT pg_advisory_xact_lock(:g)"), {"g": _GLOBAL_LOCK_KEY})
     x_lo, x_hi = since, until
     while True:  # extend the range over every stored flag it touches
-        bounds: list[ColumnElement[bool]] = []
-        if x_lo is not None:
-            bounds.append(RiskFlag.window_end >= x_lo - window)
-        if x_hi is not None:
-            bounds.append(RiskFlag.window_start <= x_hi)
-        flags = list(session.execute(select(RiskFlag).where(*bounds).with_for_update()).scalars())
+        flags = _flag_rows(session, None if x_lo is None else x_lo - window, x_hi)
         new_lo = None if x_lo is None else min([x_lo, *(f.window_start for f in flags)])
         new_hi = None if x_hi is None else max([x_hi, *(f.window_end for f in flags)])
         if (new_lo, new_hi) == (x_lo, x_hi):
             break
         x_lo, x_hi = new_lo, new_hi
-    frame = _read_failed(session, None if x_lo is None else x_lo - window, x_hi)
+    failed = _read_failed(session, None if x_lo is None else x_lo - window, x_hi)
     stored: dict[tuple[str, str, str], list[Stored]] = {}
     for f in flags:
         stored.setdefault((f.entity_kind, f.entity_value, f.pattern), []).append(_stored(f))
-    computed = _windows_by_entity(frame, rules, x_lo, x_hi)
+    computed = _windows_by_entity(failed, rules, x_lo, x_hi)
     changes = Changes()
     entities = 0
     flag_count = 0
@@ -392,44 +422,33 @@ def detect_period(
         flag_count += len(windows)
         entities += 1
         changes.add(_apply(session, kind, value, pattern, stored.get(key, []), windows, now))
-    return BatchResult(len(frame), entities, flag_count, changes)
+    return BatchResult(len(failed), entities, flag_count, changes)
 
 
 def _windows_by_entity(
-    frame: pd.DataFrame, rules: Rules, lo: datetime | None, hi: datetime | None
+    failed: _Failed, rules: Rules, lo: datetime | None, hi: datetime | None
 ) -> dict[tuple[str, str, str], list[Window]]:
     """Flags per (kind, value, pattern). A vectorised pre-filter keeps only the entities that
     have enough failures within one window to be flagged at all; the flags themselves come
     from `bursts.detect_windows`, the same function the incremental path uses."""
     result: dict[tuple[str, str, str], list[Window]] = {}
-    if frame.empty:
+    if not len(failed):
         return result
-    frame = frame.drop_duplicates("id")
-    created = frame["created"]
-    times = created.to_numpy(dtype="datetime64[us]").astype(np.int64)
-    window_us = int(rules.window / timedelta(microseconds=1))
+    window_us = rules.window // timedelta(microseconds=1)
+    cards = failed.columns["card_fingerprint"]
     for kind, column in ENTITY_COLUMNS.items():
-        codes, uniques = pd.factorize(frame[column], use_na_sentinel=True)
+        codes, uniques = pd.factorize(np.array(failed.columns[column], dtype=object))
         present = codes >= 0
         minimum = min(rules.minimum(p) for p in rules.patterns(kind))
         dense = bursts.dense_entities(
-            codes[present].astype(np.int64), times[present], minimum, window_us
+            codes[present].astype(np.int64), failed.times[present], minimum, window_us
         )
         if len(dense) == 0:
             continue
-        rows = np.flatnonzero(np.isin(codes, dense))
-        part = frame.iloc[rows]
         by_code: dict[int, list[Point]] = {}
-        for code, at, attempt_id, card in zip(
-            codes[rows].tolist(),
-            part["created"].dt.to_pydatetime().tolist(),
-            part["id"].tolist(),
-            part["card_fingerprint"].tolist(),
-            strict=True,
-        ):
-            by_code.setdefault(code, []).append(
-                Point(at, attempt_id, card if isinstance(card, str) else None)
-            )
+        for i in np.flatnonzero(np.isin(codes, dense)).tolist():
+            at = _EPOCH + timedelta(microseconds=int(failed.times[i]))
+            by_code.setdefault(int(codes[i]), []).append(Point(at, failed.ids[i], cards[i]))
         for code, points in by_code.items():
             value = str(uniques[code])
             for pattern in rules.patterns(kind):
