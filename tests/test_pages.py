@@ -130,6 +130,7 @@ class Facts:
     tester: dict[str, Any]
     failing_event: str
     jenny_order_id: int
+    day: datetime  # 09:00 UTC on the day of all this week's activity
 
 
 JENNY = "jenny.rosen@example.com"
@@ -259,7 +260,7 @@ def build_shop(engine: Engine, now: datetime | None = None) -> Facts:
         jenny_order_id = session.execute(
             select(Order.id).where(Order.checkout_session_id == jenny["cs"])
         ).scalar_one()
-    return Facts(jenny, taro, claire, tester, failing, jenny_order_id)
+    return Facts(jenny, taro, claire, tester, failing, jenny_order_id, day)
 
 
 @pytest.fixture(scope="module")
@@ -451,6 +452,19 @@ def test_overview_compares_the_week_with_the_one_before(shop: tuple[str, Facts],
     assert shown["Webhook failures"] == ("2", "+2")
     assert shown["Paid, not fulfilled"][0] == "0"
     assert "**Refunded amount**\n\nJPY 5,000" in markdown(at)
+
+
+def test_overview_for_custom_dates_compares_with_the_days_before(shop: tuple[str, Facts]) -> None:
+    url, facts = shop
+    at = app_as("finance", url, page="pages/overview.py")
+    choose(at, "overview_period", "Custom dates")
+    day = facts.day.date()
+    at.date_input(key="overview_dates").set_value((day, day)).run()
+    assert not at.exception, at.exception
+    shown = metrics(at)
+    assert shown["USD"] == ("USD 25.00", "+USD 25.00")
+    assert shown["Payment attempts"] == ("7", "+7")
+    assert shown["Success rate"] == ("42.9%", "")  # nothing the day before to compare with
 
 
 @pytest.mark.parametrize("role", ["finance", "admin"])
