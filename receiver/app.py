@@ -28,6 +28,7 @@ from starlette.routing import Route
 from core import webhooks
 from core.db import get_engine
 from core.handlers import Context
+from core.prom import SignalsCollector
 from core.runtime import webhook_context
 from core.settings import Settings, get_settings
 
@@ -78,6 +79,7 @@ async def _read_capped(request: Request, limit: int) -> tuple[bytes, bool]:
 def create_app(settings: Settings | None = None) -> Starlette:
     metrics = Metrics()
     state: dict[str, State] = {}
+    metrics.registry.register(SignalsCollector(lambda: state["s"].engine))  # read at scrape time
 
     @asynccontextmanager
     async def lifespan(_app: Starlette) -> AsyncIterator[None]:
@@ -114,7 +116,8 @@ def create_app(settings: Settings | None = None) -> Starlette:
         return JSONResponse({"status": "ok", "database": "ok"})
 
     async def prometheus(_request: Request) -> Response:
-        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+        body = await run_in_threadpool(generate_latest, metrics.registry)  # queries the database
+        return Response(body, media_type=CONTENT_TYPE_LATEST)
 
     return Starlette(
         routes=[
