@@ -161,14 +161,19 @@ class StripeApi:
             )
             raise problem from None
 
-    def _iterate(self, fn: Callable[..., Any], params: dict[str, Any]) -> Iterator[dict[str, Any]]:
-        page = self._call(fn, params={"limit": PAGE_SIZE, **params})
-        iterator = page.auto_paging_iter()
+    def _iterate(self, path: str, params: dict[str, Any]) -> Iterator[dict[str, Any]]:
+        """Every object of a list, page after page (`starting_after`). Pages are read as plain
+        JSON: building stripe objects costs ~2.5 ms per event, which made 30 days of events
+        crawl; nothing here needs them."""
+        params = {"limit": PAGE_SIZE, **params}
         while True:
-            item = self._call(next, iterator, None)
-            if item is None:
+            response = self._call(self._client.raw_request, "get", path, **params)
+            page = json.loads(response.body)
+            items = page.get("data") or []
+            yield from items
+            if not page.get("has_more") or not items:
                 return
-            yield item.to_dict(for_json=True)
+            params["starting_after"] = items[-1]["id"]
 
     # Reads
 
@@ -196,9 +201,7 @@ class StripeApi:
 
     def list_promotion_codes(self) -> Iterator[dict[str, Any]]:
         """Every promotion code, with its coupon expanded when Stripe allows it."""
-        return self._iterate(
-            self._client.v1.promotion_codes.list, {"expand": ["data.promotion.coupon"]}
-        )
+        return self._iterate("/v1/promotion_codes", {"expand": ["data.promotion.coupon"]})
 
     def list_events(
         self, *, created_gte: int, delivery_success: bool | None = None
@@ -206,16 +209,15 @@ class StripeApi:
         params: dict[str, Any] = {"created": {"gte": created_gte}}
         if delivery_success is not None:
             params["delivery_success"] = delivery_success
-        return self._iterate(self._client.v1.events.list, params)
+        return self._iterate("/v1/events", params)
 
     def list_checkout_sessions(self, *, created_gte: int) -> Iterator[dict[str, Any]]:
         return self._iterate(
-            self._client.v1.checkout.sessions.list,
-            {"created": {"gte": created_gte}, "status": "complete"},
+            "/v1/checkout/sessions", {"created": {"gte": created_gte}, "status": "complete"}
         )
 
     def list_webhook_endpoints(self) -> list[dict[str, Any]]:
-        return list(self._iterate(self._client.v1.webhook_endpoints.list, {}))
+        return list(self._iterate("/v1/webhook_endpoints", {}))
 
     # Writes: always with our idempotency key
 
