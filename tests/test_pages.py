@@ -450,7 +450,8 @@ def test_overview_compares_the_week_with_the_one_before(shop: tuple[str, Facts],
     assert shown["Disputed orders"] == ("1", "+1")
     # One forged delivery (rejected) and one whose fulfillment failed.
     assert shown["Webhook failures"] == ("2", "+2")
-    assert shown["Paid, not fulfilled"][0] == "0"
+    # The paid session whose fulfillment failed: the customer paid, nothing was fulfilled.
+    assert shown["Paid, not fulfilled"][0] == "1"
     assert "**Refunded amount**\n\nJPY 5,000" in markdown(at)
 
 
