@@ -288,7 +288,8 @@ def _processing_failures(
 def processing_failures(actor: Actor, period: Period, *, limit: int, offset: int) -> TablePage:
     """Deliveries whose handler failed, newest first, one page at a time."""
     require(actor, "metrics.view")
-    return _processing_failures(_url(), period.start, period.end, limit, offset)
+    page = _processing_failures(_url(), period.start, period.end, limit, offset)
+    return _mask_column(actor, page, "error")
 
 
 @st.cache_data(ttl=METRICS_TTL_S, max_entries=CACHE_ENTRIES, show_spinner=False)
@@ -316,7 +317,18 @@ def _oldest_failing_events(url: str, limit: int) -> TablePage:
 def oldest_failing_events(actor: Actor, *, limit: int = 20) -> TablePage:
     """Events whose processing still fails, oldest first, and how many fail in all."""
     require(actor, "metrics.view")
-    return _oldest_failing_events(_url(), limit)
+    return _mask_column(actor, _oldest_failing_events(_url(), limit), "last_error")
+
+
+def _mask_column(actor: Actor, page: TablePage, column: str) -> TablePage:
+    """Error texts may quote an email from a payload: masked unless the role sees emails."""
+    if _sees_full_emails(actor) or page.rows.empty:
+        return page
+    rows = page.rows.copy()
+    rows[column] = rows[column].map(
+        lambda text: _mask_text(text) if isinstance(text, str) else text
+    )
+    return TablePage(rows, page.total)
 
 
 _CACHED = (
