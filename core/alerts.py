@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -328,45 +328,45 @@ def deliver(
     now = now or utcnow()
     report = Report()
     with session_scope(engine, write=False) as session:
-        pending: Sequence[Alert] = list(
+        pending = list(
             session.execute(
-                select(Alert)
+                select(Alert.id, Alert.condition, Alert.message)
                 .where(
                     Alert.delivered_at.is_(None),
                     Alert.raised_at >= now - NEW_FLAG_LOOKBACK,
                     Alert.delivery_attempts < MAX_DELIVERY_ATTEMPTS,
                 )
                 .order_by(Alert.id)
-            ).scalars()
+            ).all()
         )
     if not url:
         report.not_sent = len(pending)
         return report
-    for alert in pending:
-        if not _claim(engine, alert.id, now):
+    for alert_id, condition, message in pending:
+        if not _claim(engine, alert_id, now):
             continue  # another run is posting it
         try:
-            tries = post(url, alert.message, client=client, sleep=sleep)
+            tries = post(url, message, client=client, sleep=sleep)
             error = None
         except DeliveryFailed as exc:
             tries, error = POST_TRIES, str(exc)
         with session_scope(engine) as session:
-            row = session.get_one(Alert, alert.id)
+            row = session.get_one(Alert, alert_id)
             row.delivery_attempts += tries
             row.claimed_at = None
             if error is None:
                 row.delivered_at = utcnow()
                 row.last_error = None
-                report.delivered.append(alert.condition)
+                report.delivered.append(condition)
             else:
                 row.last_error = error
-                report.failed.append(alert.condition)
-                log.error("alert %s not delivered: %s", alert.condition, error)
+                report.failed.append(condition)
+                log.error("alert %s not delivered: %s", condition, error)
             audit.record(
                 session,
                 SYSTEM,
                 "alert.delivered" if error is None else "alert.delivery_failed",
-                target=alert.condition,
+                target=condition,
                 details={"tries": tries, "error": error},
             )
     return report
