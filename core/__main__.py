@@ -19,6 +19,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "standin": ("core.cli.standin", "serve the local Stripe stand-in for the offline demo"),
     "users": ("core.cli.users", "manage dashboard users and end their sessions"),
     "audit": ("core.cli.audit", "verify the audit log's hash chain, or list entries"),
+    "demo": ("core.cli.demo", "fill the database with 90 days of demo activity (webhook path)"),
     "bursts": ("core.cli.bursts", "detect bursts of failed payments over a period"),
     "alerts": ("core.cli.alerts", "raise and deliver alerts (run it every few minutes)"),
 }

@@ -24,6 +24,7 @@ from sqlalchemy import (
     and_,
     case,
     cast,
+    distinct,
     func,
     literal,
     or_,
@@ -166,7 +167,9 @@ class Overview:
 
 
 def overview(session: Session, period: Period) -> Overview:
-    """Payment health for `period`. `paid_not_fulfilled` and `open_risk_flags` are as of now."""
+    """Payment health for `period`. `paid_not_fulfilled` and `open_risk_flags` are as of now;
+    `paid_not_fulfilled` counts paid orders not fulfilled and paid Checkout Sessions whose
+    paying event still fails (see `_paid_sessions_stuck_in_failed_events`)."""
     by_currency = session.execute(
         select(
             PaymentAttempt.currency,
@@ -206,7 +209,7 @@ def overview(session: Session, period: Period) -> Overview:
     ).scalar_one()
     paid_not_fulfilled = session.execute(
         select(func.count()).select_from(Order).where(Order.status == "paid")
-    ).scalar_one()
+    ).scalar_one() + _paid_sessions_stuck_in_failed_events(session)
     open_flags = session.execute(
         select(func.count()).select_from(RiskFlag).where(RiskFlag.status == "open")
     ).scalar_one()
@@ -225,6 +228,30 @@ def overview(session: Session, period: Period) -> Overview:
         webhook_failures=int(webhook_failures),
         paid_not_fulfilled=int(paid_not_fulfilled),
         open_risk_flags=int(open_flags),
+    )
+
+
+# Events whose successful processing pays an order (and fulfils it in the same transaction).
+PAYING_EVENTS = ("checkout.session.completed", "checkout.session.async_payment_succeeded")
+
+
+def _paid_sessions_stuck_in_failed_events(session: Session) -> int:
+    """Checkout Sessions whose paying event keeps failing (e.g. fulfilment refused it): the
+    failed transaction took the order with it, so no order row says "paid", yet the customer
+    paid. Counted once per session, and not when a paid order exists for it."""
+    paid_order = (
+        select(Order.id)
+        .where(Order.checkout_session_id == StripeEvent.object_id, Order.paid_at.is_not(None))
+        .exists()
+    )
+    return int(
+        session.execute(
+            select(func.count(distinct(StripeEvent.object_id))).where(
+                StripeEvent.status == "failed",
+                StripeEvent.type.in_(PAYING_EVENTS),
+                ~paid_order,
+            )
+        ).scalar_one()
     )
 
 

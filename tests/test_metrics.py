@@ -235,6 +235,30 @@ EVENTS = [
     _event("evt_3", "charge.succeeded", "ch_a4", t(2, 10, 50), 4, None, "failed", 2, "boom"),
     _event("evt_4", "charge.succeeded", "ch_zz", t(8, 23, 59), 60, None, "failed", 1, "late"),
     _event("evt_5", "charge.dispute.created", "dp_1", t(6), 1, 1, "processed", 1),
+    # Paying events that keep failing: cs_test_9 has no order (the failure rolled it back) and
+    # counts as paid but not fulfilled; order 2 is already counted through its own status.
+    _event(
+        "evt_6",
+        "checkout.session.completed",
+        "cs_test_9",
+        t(10, 1),
+        1,
+        None,
+        "failed",
+        4,
+        "FulfilmentUnavailable: 503",
+    ),
+    _event(
+        "evt_7",
+        "checkout.session.completed",
+        "cs_test_2",
+        t(10, 2),
+        1,
+        None,
+        "failed",
+        1,
+        "FulfilmentUnavailable: 503",
+    ),
 ]
 
 
@@ -383,7 +407,7 @@ def test_overview(data: Engine) -> None:
     assert got.refunded_amount_by_currency == {"jpy": 5000}
     assert got.disputed_orders == 1
     assert got.webhook_failures == 7
-    assert got.paid_not_fulfilled == 1
+    assert got.paid_not_fulfilled == 2  # order 2, and the session of evt_6
     assert got.open_risk_flags == 2
 
 
@@ -557,13 +581,14 @@ def test_order_timeline(data: Engine) -> None:
         (t(3, 1), "delivery", "evt_3"),
         (t(7), "fulfillment", None),
         (t(7, 0, 1), "action", None),
+        (t(10, 2), "event", "evt_7"),  # about its Checkout Session; no delivery row stored
     ]
     failed = next(e for e in entries if e.detail.get("attempt_id") == "ch_a2")
     assert failed.title == "Payment failed: insufficient_funds"
     assert failed.detail["card_last4"] == "0341"
     delivery = next(e for e in entries if e.kind == "delivery")
     assert delivery.detail["outcome"] == "failed" and delivery.detail["error"] == "boom1"
-    action = entries[-1]
+    action = entries[-2]
     assert action.detail["action"] == "fulfillment.request" and action.detail["actor"] == "alex"
     assert [e.at for e in entries] == sorted(e.at for e in entries)
 
@@ -658,6 +683,8 @@ def test_oldest_failing_events(data: Engine) -> None:
     assert _rows(frame, ["id", "deliveries", "last_error"]) == [
         ("evt_3", 2, "boom"),
         ("evt_4", 1, "late"),
+        ("evt_6", 4, "FulfilmentUnavailable: 503"),
+        ("evt_7", 1, "FulfilmentUnavailable: 503"),
     ]
     assert frame.iloc[0]["created"] == ts(t(2, 10, 50))
-    assert list(first["id"]) == ["evt_3"] and count == 2
+    assert list(first["id"]) == ["evt_3"] and count == 4
