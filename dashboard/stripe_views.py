@@ -111,7 +111,7 @@ def codes_table(codes: list[promotions.PromotionCodeView]) -> pd.DataFrame:
         ],
         columns=["code", "active", "terms", "redeemed", "limit", "expires (UTC)",
                  "restrictions", "id"],
-    )  # fmt: skip
+    ).astype({"limit": "Int64"})  # fmt: skip
 
 
 @shown
