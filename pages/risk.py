@@ -1,11 +1,110 @@
-"""Risk (placeholder until the page lands)."""
+"""Risk: open flags of suspicious failed payments, the evidence behind one, and its review."""
 
 from __future__ import annotations
 
+import plotly.graph_objects as go
 import streamlit as st
 
+from dashboard import risk_views as views
 from dashboard.auth import require
 
-require("risk.review")
+actor = require("risk.review")
+st.set_page_config(layout="wide")
 st.title("Risk")
-st.info("Coming soon.")
+st.caption(
+    "Bursts of failed payments for one card, customer, email, IP address or promotion code, "
+    "and card testing (many cards failing for one buyer), counted in Stripe's time. Confirm "
+    "an attack or dismiss a false alarm, with a note: every review is audited."
+)
+
+show = st.segmented_control(
+    "Show", ["Open", "Confirmed", "Dismissed"], default="Open", key="risk_status"
+)
+status = (show or "Open").lower()
+flags = views.flags(actor, status)
+if not flags:
+    st.success("No open flag." if status == "open" else f"No {status} flag.")
+    st.stop()
+
+st.dataframe(
+    [
+        {
+            "flag": f"#{f.id}",
+            "pattern": views.PATTERN_LABELS.get(f.pattern, f.pattern),
+            "entity": f"{views.KIND_LABELS.get(f.kind, f.kind)}: {f.entity}",
+            "failures": f.failures,
+            "cards": f.distinct_cards,
+            "from (UTC)": f.window_start,
+            "to (UTC)": f.window_end,
+            "reviewed by": f.reviewed_by,
+        }
+        for f in flags
+    ],
+    hide_index=True,
+    key="risk_flags",
+)
+
+by_label = {f.label: f.id for f in flags}
+chosen = st.selectbox("Flag", list(by_label), key="risk_flag")
+detail = views.detail(actor, by_label[chosen]) if chosen else None
+if detail is None:
+    st.warning("This flag no longer exists: it was merged into another one. Refresh the list.")
+    st.stop()
+
+flag = detail.flag
+failures, cards, span = st.columns(3)
+failures.metric("Failed attempts", flag.failures)
+cards.metric("Distinct cards", flag.distinct_cards)
+minutes = (flag.window_end - flag.window_start).total_seconds() / 60
+span.metric("Within", f"{minutes:.0f} min")
+
+st.subheader("Timeline of the entity's attempts")
+timeline = detail.timeline
+figure = go.Figure()
+for outcome, color in (("failed", "#c62828"), ("succeeded", "#2e7d32")):
+    part = timeline[timeline["outcome"] == outcome]
+    figure.add_trace(
+        go.Scatter(
+            x=part["time (UTC)"],
+            y=part["amount"],
+            mode="markers",
+            name=outcome,
+            marker={"color": color, "size": 9},
+            text=part["decline"],
+            hovertemplate="%{x}<br>%{y}<br>%{text}<extra></extra>",
+        )
+    )
+figure.add_vrect(
+    x0=flag.window_start,
+    x1=flag.window_end,
+    fillcolor="#c62828",
+    opacity=0.08,
+    line_width=0,
+    annotation_text="flagged window",
+)
+figure.update_layout(height=320, margin={"l": 10, "r": 10, "t": 30, "b": 10}, yaxis_title="amount")
+st.plotly_chart(figure, key="risk_timeline")
+
+st.subheader("Attempts behind the flag")
+st.dataframe(detail.attempts, hide_index=True, key="risk_attempts")
+if detail.order_ids:
+    st.markdown(
+        "Orders: "
+        + ", ".join(f"**{order_id}**" for order_id in detail.order_ids)
+        + " (open them on the Orders page by id)."
+    )
+else:
+    st.caption("No order is linked to these attempts (failed before checkout completed).")
+
+st.subheader("Review")
+if flag.status != "open":
+    st.info(f"{flag.status.capitalize()} by {flag.reviewed_by}: {flag.note}")
+else:
+    with st.form("risk_review", clear_on_submit=True):
+        note = st.text_area("Note (what you checked)", key="risk_note", max_chars=2000)
+        confirm, dismiss = st.columns(2)
+        confirmed = confirm.form_submit_button("Confirm attack", type="primary")
+        dismissed = dismiss.form_submit_button("Dismiss")
+    if confirmed or dismissed:
+        ok, message = views.review(actor, flag.id, "confirm" if confirmed else "dismiss", note)
+        (st.success if ok else st.error)(message)
