@@ -193,18 +193,41 @@ def _charge_attempt(charge: dict[str, Any], fallback: datetime) -> dict[str, Any
     }
 
 
+def _expanded_charge(intent: dict[str, Any]) -> dict[str, Any]:
+    """The intent's latest charge when it is sent expanded: `latest_charge` as an object, or
+    the `charges` list of API versions before 2022-11-15 (localstripe still sends both)."""
+    charge = _dict(intent.get("latest_charge"))
+    if charge:
+        return charge
+    listed = _dict(intent.get("charges")).get("data")
+    return _dict(listed[-1]) if isinstance(listed, list) and listed else {}
+
+
+# What an expanded charge may add to an intent's attempt (a charge event would add the same).
+_FROM_CHARGE = (
+    "card_fingerprint",
+    "card_last4",
+    "card_brand",
+    "network_status",
+    "failure_code",
+    "decline_code",
+    "failure_message",
+    "email",
+)
+
+
 def _intent_attempt(intent: dict[str, Any], event: dict[str, Any]) -> dict[str, Any]:
     succeeded = event["type"] == "payment_intent.succeeded"
     error = _dict(intent.get("last_payment_error"))
-    charge = _dict(intent.get("latest_charge"))
+    charge = _expanded_charge(intent)
     metadata = _dict(intent.get("metadata"))
     if succeeded:
-        attempt_id = _id(intent.get("latest_charge")) or _id(intent)
+        attempt_id = _id(intent.get("latest_charge")) or _id(charge) or _id(intent)
         card = _dict(_dict(charge.get("payment_method_details")).get("card"))
     else:
-        attempt_id = _id(error.get("charge")) or _id(intent)
+        attempt_id = _id(error.get("charge")) or _id(charge) or _id(intent)
         card = _dict(_dict(error.get("payment_method")).get("card"))
-    return {
+    values = {
         "id": attempt_id,
         "payment_intent_id": _id(intent),
         "customer_id": _id(intent.get("customer")),
@@ -222,6 +245,12 @@ def _intent_attempt(intent: dict[str, Any], event: dict[str, Any]) -> dict[str, 
         # The attempt happened when Stripe reported it, not when the intent was created.
         "created": event_time(event),
     }
+    if charge and _id(charge) == attempt_id:
+        from_charge = _charge_attempt(charge, values["created"])
+        for key in _FROM_CHARGE:
+            if values[key] is None:
+                values[key] = from_charge[key]
+    return values
 
 
 def record_attempt(

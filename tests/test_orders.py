@@ -346,3 +346,45 @@ def test_an_attempt_before_its_order_is_linked_when_the_order_arrives(engine: En
     with Session(engine) as session:
         order_id = session.scalars(select(Order.id)).one()
     assert attempts(engine)[0].order_id == order_id
+
+
+@pytest.mark.parametrize("shape", ["latest_charge-expanded", "legacy-charges-list"])
+@pytest.mark.parametrize("succeeded", [True, False], ids=["succeeded", "declined"])
+def test_an_intent_with_its_charge_expanded_gives_the_charges_details(
+    sqlite_engine: Engine, shape: str, succeeded: bool
+) -> None:
+    """Expanded charges (and the pre-2022-11-15 `charges` list that localstripe sends) carry
+    the card, outcome and network status: the attempt takes them, keyed by the charge id."""
+    charge = so.charge(succeeded=succeeded, fingerprint="FpExpanded", last4="1881")
+    intent = so.payment_intent(succeeded=succeeded, charge_id=charge["id"])
+    charge["payment_intent"] = intent["id"]
+    if not succeeded:
+        intent["last_payment_error"] = {
+            "charge": charge["id"],
+            "code": "card_declined",
+            "message": "Your card was declined.",
+        }
+    if shape == "latest_charge-expanded":
+        intent["latest_charge"] = charge
+    else:
+        intent.pop("latest_charge")
+        intent["charges"] = {"object": "list", "data": [charge], "has_more": False}
+    kind = "payment_intent.succeeded" if succeeded else "payment_intent.payment_failed"
+    deliver(sqlite_engine, so.event(kind, intent))
+    # From the intent's event alone (localstripe sends no charge events):
+    (attempt,) = attempts(sqlite_engine)
+    assert attempt.id == charge["id"]
+    assert (attempt.card_fingerprint, attempt.card_last4, attempt.card_brand) == (
+        "FpExpanded",
+        "1881",
+        "visa",
+    )
+    assert attempt.network_status == ("approved_by_network" if succeeded else "declined_by_network")
+    if not succeeded:
+        assert (attempt.failure_code, attempt.decline_code) == (
+            "card_declined",
+            "insufficient_funds",
+        )
+    # The charge's own event later completes the same row.
+    deliver(sqlite_engine, so.event(f"charge.{'succeeded' if succeeded else 'failed'}", charge))
+    assert [a.id for a in attempts(sqlite_engine)] == [charge["id"]]
