@@ -27,41 +27,44 @@ query = st.text_input(
     help="Exact ids and last4 match exactly; an email matches from its start.",
 ).strip()
 widgets.reset_pager_on_change("orders", query)
+# ?order=<id> opens one order directly: a link to paste into a ticket (no email in the URL).
+linked = st.query_params.get("order", "")
+chosen: int | None = int(linked) if linked.isdigit() else None
 
-if not query:
+if query:
+    offset = widgets.page_offset("orders", widgets.PAGE_SIZE)
+    results = data.search_orders(actor, query, limit=widgets.PAGE_SIZE, offset=offset)
+    if results.total == 0 or results.orders.empty:
+        st.warning(f"No order matches “{query}”.")
+        st.stop()
+    shown = len(results.orders)
+    st.caption(f"{results.total:,} order(s) match; showing {offset + 1}–{offset + shown}.")
+    st.dataframe(widgets.orders_table(results.orders), hide_index=True, key="orders_results")
+    widgets.pager(results.total, widgets.PAGE_SIZE, "orders")
+    labels = widgets.order_labels(results.orders)
+    chosen = st.selectbox(
+        "Open order",
+        list(labels),
+        index=0 if results.total == 1 else None,
+        format_func=labels.__getitem__,
+        placeholder="Choose an order to see its timeline",
+        key=f"orders_open_{query}_{offset}",
+    )
+elif chosen is None:
     st.info(
         "Search by email, order id, Checkout Session id, PaymentIntent id, customer id "
         "or card last4."
     )
     st.stop()
 
-offset = widgets.page_offset("orders", widgets.PAGE_SIZE)
-results = data.search_orders(actor, query, limit=widgets.PAGE_SIZE, offset=offset)
-if results.total == 0 or results.orders.empty:
-    st.warning(f"No order matches “{query}”.")
-    st.stop()
-
-shown = len(results.orders)
-st.caption(f"{results.total:,} order(s) match; showing {offset + 1}–{offset + shown}.")
-st.dataframe(widgets.orders_table(results.orders), hide_index=True, key="orders_results")
-widgets.pager(results.total, widgets.PAGE_SIZE, "orders")
-
-labels = widgets.order_labels(results.orders)
-only_one = results.total == 1
-chosen = st.selectbox(
-    "Open order",
-    list(labels),
-    index=0 if only_one else None,
-    format_func=labels.__getitem__,
-    placeholder="Choose an order to see its timeline",
-    key=f"orders_open_{query}_{offset}",
-)
 if chosen is None:
+    st.query_params.pop("order", None)
     st.stop()
+st.query_params["order"] = str(chosen)
 
 order = data.order(actor, chosen)
 if order is None:
-    st.warning("This order no longer exists.")
+    st.warning(f"There is no order {chosen}.")
     st.stop()
 
 st.header(f"Order {order.id}")

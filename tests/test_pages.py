@@ -682,3 +682,28 @@ def test_a_database_outage_is_a_short_message_not_a_stack_trace(
     assert not at.exception
     assert [error.value for error in at.error] == [data.UNAVAILABLE]
     assert not at.markdown
+
+
+@pytest.mark.parametrize("role", ROLES)
+def test_a_link_with_the_order_id_opens_its_timeline(shop: tuple[str, Facts], role: str) -> None:
+    url, facts = shop
+    at = app_as(role, url, page="pages/orders.py")
+    at.query_params["order"] = str(facts.jenny_order_id)
+    at.run()
+    assert not at.exception, at.exception
+    assert metrics(at)["Amount"][0] == "USD 25.00"
+    assert "Payment failed: insufficient_funds" in markdown(at)
+    assert not at.main.dataframe  # straight to the order, no search needed
+
+
+@pytest.mark.parametrize("linked", ["999999", "not-a-number"])
+def test_a_link_to_no_order_shows_nothing_of_any_order(
+    shop: tuple[str, Facts], linked: str
+) -> None:
+    at = app_as("support", shop[0], page="pages/orders.py")
+    at.query_params["order"] = linked
+    at.run()
+    assert not at.exception, at.exception
+    assert not at.main.metric
+    if linked.isdigit():
+        assert [w.value for w in at.main.warning] == [f"There is no order {linked}."]
