@@ -213,7 +213,7 @@ def _refuse(
     return ManualOutcome(result, message, order_id, request_id, stripe_request_id)
 
 
-def _has_fulfillment(session: Any, order_id: int) -> bool:
+def _has_fulfillment(session: Session, order_id: int) -> bool:
     found = session.execute(
         select(Fulfillment.id).where(Fulfillment.order_id == order_id)
     ).scalar_one_or_none()
@@ -486,7 +486,7 @@ class AwaitingOrder:
     paid_at: Any
 
 
-def awaiting_fulfillment(session: Any, limit: int = 200) -> list[AwaitingOrder]:
+def awaiting_fulfillment(session: Session, limit: int = 200) -> list[AwaitingOrder]:
     """Orders paid but not fulfilled (nor refunded or disputed), oldest payment first."""
     rows = session.execute(
         select(Order)

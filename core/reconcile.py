@@ -176,17 +176,28 @@ def reconcile(
     gte = int(since.timestamp())
     report = ReconcileReport(since)
 
-    # Network first, then one short transaction per event.
-    events = list(client.list_events(created_gte=gte))
-    report.events_seen = len(events)
+    # No transaction is open during a network call. Events stream page by page and only the
+    # missing ones are kept, then applied oldest first (Stripe lists newest first), one short
+    # transaction each.
+    missing: list[dict[str, Any]] = []
+    batch: list[dict[str, Any]] = []
+
+    def keep_missing() -> None:
+        with session_scope(engine, write=False) as session:
+            settled = _settled_ids(session, [str(e.get("id")) for e in batch])
+        missing.extend(e for e in batch if e.get("id") not in settled)
+        batch.clear()
+
+    for event in client.list_events(created_gte=gte):
+        report.events_seen += 1
+        batch.append(event)
+        if len(batch) >= ID_CHUNK:
+            keep_missing()
+    keep_missing()
     report.delivery_failed = sum(
         1 for _ in client.list_events(created_gte=gte, delivery_success=False)
     )
-    with session_scope(engine, write=False) as session:
-        settled = _settled_ids(session, [e["id"] for e in events if isinstance(e.get("id"), str)])
-    for event in sorted(events, key=lambda e: (e.get("created") or 0, str(e.get("id")))):
-        if event.get("id") in settled:
-            continue
+    for event in sorted(missing, key=lambda e: (e.get("created") or 0, str(e.get("id")))):
         try:
             check_event_shape(event)
         except Rejection as rejection:
@@ -201,9 +212,9 @@ def reconcile(
     ]
     report.sessions_seen = len(paid)
     with session_scope(engine, write=False) as session:
-        missing = _unpaid_sessions(session, [s["id"] for s in paid])
+        unpaid = _unpaid_sessions(session, [s["id"] for s in paid])
     for checkout in paid:
-        if checkout["id"] not in missing:
+        if checkout["id"] not in unpaid:
             continue
         before = len(report.applied)
         _apply(engine, _repair_event(checkout, now), ctx, report)
