@@ -187,3 +187,24 @@ def test_endpoint_health_on_the_webhooks_page(sqlite_url: str, standin: StandIn)
     assert not finance.exception
     assert "Webhook endpoint health" in [h.value for h in finance.subheader]
     assert "sends every event we handle" in texts(finance)
+
+
+def test_without_stripe_configured_pages_say_so(shop: Engine, sqlite_url: str) -> None:
+    """No key and no stand-in: the Stripe pages say what to configure; Webhooks still works."""
+    promotions = app_as("admin", sqlite_url, page="pages/promotions.py")
+    assert not promotions.exception
+    assert "Stripe is not configured: set STRIPE_SECRET_KEY" in texts(promotions)
+    assert not promotions.dataframe
+    webhooks = app_as("finance", sqlite_url, page="pages/webhooks.py")
+    assert not webhooks.exception
+    assert "Stripe's view of the endpoints is unavailable" in texts(webhooks)
+
+
+def test_unreachable_standin_is_a_message_not_a_trace(
+    shop: Engine, sqlite_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("STRIPE_API_BASE", "http://127.0.0.1:9")  # nothing listens there
+    at = app_as("admin", sqlite_url, page="pages/operations.py")
+    click(at, "Run reconciliation")
+    assert "Stripe could not be reached" in texts(at)
+    assert not at.code
