@@ -33,7 +33,8 @@ def run(args: argparse.Namespace) -> int:
     server = make_server(standin, args.host, args.port)
     print(
         f"Stripe stand-in (NOT Stripe) on http://{args.host}:{args.port} "
-        f"with {len(standin.codes)} promotion codes; set STRIPE_API_BASE to that URL"
+        f"with {len(standin.codes)} promotion codes; set STRIPE_API_BASE to that URL",
+        flush=True,
     )
     try:
         server.serve_forever()
