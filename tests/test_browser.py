@@ -8,6 +8,7 @@ and says how to install it."""
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -210,6 +211,12 @@ def test_a_day_at_the_console(dashboard: Dashboard, browser: Browser, role: str)
         if role == "finance":
             expect(page.get_by_text(JENNY)).to_have_count(0)
         shot(page, f"{role}-2-order-timeline")
+        # The address names the order, so it can be pasted into a ticket; it survives a login.
+        expect(page).to_have_url(re.compile(rf"/orders\?order={dashboard.facts.jenny_order_id}$"))
+        link = page.url
+        page.context.clear_cookies()
+        log_in(page, link, role)
+        expect(page.get_by_text("Payment failed: insufficient_funds")).to_be_visible()
 
         if "Payments" in ROLE_PAGES[role]:
             # A chart, drawn by plotly in the browser.
