@@ -583,7 +583,12 @@ def _handler_for(standin: StandIn) -> type[BaseHTTPRequestHandler]:
                 body = self.rfile.read(length).decode("utf-8", "replace")
                 pairs += parse_qsl(body, keep_blank_values=True)
             headers = {k.lower(): v for k, v in self.headers.items()}
-            status, payload, out = standin.handle(method, url.path, decode_form(pairs), headers)
+            try:
+                status, payload, out = standin.handle(method, url.path, decode_form(pairs), headers)
+            except Exception:  # a stand-in bug answers like Stripe's own 500s, never a hang-up
+                log.exception("standin: %s %s failed", method, url.path)
+                status, out = 500, {"Stripe-Standin": "true"}
+                payload = {"error": {"type": "api_error", "message": "Stand-in error."}}
             data = json.dumps(payload).encode()
             self.send_response(status)
             self.send_header("Content-Type", "application/json")

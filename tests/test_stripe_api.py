@@ -11,13 +11,16 @@ import sys
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 import stripe
 from sqlalchemy import Engine, func, select
 
+from core import migrate
 from core.access import Actor
-from core.db import session_scope
+from core.db import make_engine, session_scope
+from core.handlers import Context
 from core.models import AuditEntry, Order, StripeAction
 from core.promotions import (
     NewPromotionCode,
@@ -25,6 +28,7 @@ from core.promotions import (
     list_promotion_codes,
     set_active,
 )
+from core.reconcile import reconcile
 from core.settings import load_settings
 from core.standin import StandIn, start_in_thread
 from core.stripe_api import (
@@ -38,6 +42,8 @@ from core.stripe_api import (
     client_from_settings,
     new_token,
 )
+from core.webhooks import apply_event
+from tests.support import stripe_objects as so
 from tests.support.stripe_standin import FakeStripe
 
 ADMIN = Actor("alice", "admin")
@@ -413,3 +419,39 @@ def test_standin_serves_codes_sessions_and_writes(sqlite_engine: Engine) -> None
         server.server_close()
     with session_scope(sqlite_engine, write=False) as session:
         assert session.execute(select(func.count()).select_from(StripeAction)).scalar_one() == 3
+
+
+def test_standin_events_let_an_empty_database_catch_up(
+    sqlite_engine: Engine, tmp_path: Path
+) -> None:
+    """The stand-in serves the events of one database; reconciling a second, empty one from it
+    applies every one of them, through its pages (250 events, pages of 100)."""
+    ctx = Context()
+    with session_scope(sqlite_engine) as session:
+        for n in range(125):
+            checkout = so.checkout_session(amount_total=100 + n)
+            for kind in ("checkout.session.completed", "payment_intent.succeeded"):
+                obj = (
+                    checkout
+                    if kind.startswith("checkout")
+                    else so.payment_intent(intent_id=checkout["payment_intent"], amount=100 + n)
+                )
+                apply_event(session, so.event(kind, obj), ctx, "webhook")
+    empty = make_engine(f"sqlite:///{tmp_path / 'empty.db'}")
+    migrate.upgrade(empty)
+    server, url = start_in_thread(StandIn(sqlite_engine))
+    try:
+        report = reconcile(empty, StripeApi(KEY, api_base=url), ctx, Actor("cron"))
+        again = reconcile(empty, StripeApi(KEY, api_base=url), ctx, Actor("cron"))
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert report.events_seen == 250 and len(report.applied) == 250 and not report.failed
+    assert report.sessions_seen == 125 and report.sessions_repaired == []
+    assert again.nothing_to_do
+    with session_scope(empty, write=False) as session:
+        paid = session.execute(
+            select(func.count()).select_from(Order).where(Order.status == "fulfilled")
+        ).scalar_one()
+    empty.dispose()
+    assert paid == 125
