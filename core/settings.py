@@ -18,8 +18,18 @@ class ConfigError(Exception):
     """The configuration cannot be used; the message is safe to print."""
 
 
-# Values that ship in .env.example or in documentation: never acceptable in production.
-PLACEHOLDER_MARKERS = ("YOUR", "CHANGE_ME", "REPLACE", "EXAMPLE", "PLACEHOLDER", "XXXX")
+# Values that ship in .env.example, the Makefile's demo defaults or documentation: never
+# acceptable in production.
+PLACEHOLDER_MARKERS = (
+    "YOUR",
+    "CHANGE_ME",
+    "REPLACE",
+    "EXAMPLE",
+    "PLACEHOLDER",
+    "XXXX",
+    "NOT_A_REAL",
+    "DEMO_LOCAL",
+)
 DEMO_COOKIE_KEY = "demo-cookie-key-not-for-production-use"
 MIN_COOKIE_KEY_CHARS = 32
 
