@@ -8,6 +8,7 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -455,3 +456,26 @@ def test_standin_events_let_an_empty_database_catch_up(
         ).scalar_one()
     empty.dispose()
     assert paid == 125
+
+
+def test_two_concurrent_clicks_make_one_code(engine: Engine, fake: FakeStripe) -> None:
+    """Two reruns of one form submitting at the same moment share the stored key: Stripe sees
+    the same Idempotency-Key twice and makes one code."""
+    new = NewPromotionCode.parse({"code": "TWICE", "coupon_id": "TENOFF"}, now=NOW)
+    token = new_token()
+    barrier = threading.Barrier(2)
+    results: list[str | None] = []
+
+    def click() -> None:
+        client = api(fake.url)
+        barrier.wait()
+        results.append(create_promotion_code(engine, client, ADMIN, new, token).result_id)
+
+    threads = [threading.Thread(target=click) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+    assert len(results) == 2 and results[0] == results[1]
+    assert [c["code"] for c in fake.codes.values()] == ["TWICE"]
+    assert len({w.idempotency_key for w in fake.writes()}) == 1
