@@ -3,7 +3,9 @@ by `python -m core bursts`, both equal to the pure detection; reviewed with an a
 
 from __future__ import annotations
 
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -343,3 +345,26 @@ def test_a_flag_is_reviewed_once_and_reopened_by_new_failures(sqlite_engine: Eng
     with session_scope(sqlite_engine, write=False) as session:
         flag = session.get_one(RiskFlag, flag_id)
         assert (flag.status, flag.failures, flag.note) == ("open", 5, "Known customer.")
+
+
+@pytest.mark.postgres
+def test_concurrent_deliveries_for_one_entity(pg_engine: Engine) -> None:
+    """Deliveries for one card applied concurrently: each waits for the entity's lock, so none
+    misses another's attempt and no two flags overlap."""
+    ctx = webhook_context(load_settings())
+    events = [
+        failed_charge(START + i * 300, fingerprint="fpRACE", client_ip=f"198.51.100.{i % 2}")
+        for i in range(12)
+    ]
+    barrier = threading.Barrier(4)
+
+    def worker(share: list[dict[str, Any]]) -> list[int]:
+        barrier.wait()
+        return [deliver(pg_engine, evt, ctx).status for evt in share]
+
+    with ThreadPoolExecutor(4) as pool:
+        statuses = list(pool.map(worker, [events[i::4] for i in range(4)]))
+    assert all(status == 200 for share in statuses for status in share)
+    flags = stored_flags(pg_engine)
+    assert flags == detected(pg_engine)
+    assert [f[5] for f in flags if f[0] == "card"] == [12]
