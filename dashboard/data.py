@@ -331,23 +331,6 @@ def _mask_column(actor: Actor, page: TablePage, column: str) -> TablePage:
     return TablePage(rows, page.total)
 
 
-_CACHED = (
-    _overview,
-    _payment_rates,
-    _decline_reasons,
-    _volume_by_currency,
-    _search_orders,
-    _order,
-    _timeline,
-    _deliveries_by_day,
-    _retry_stats,
-    _signature_failures,
-    _processing_failures,
-    _webhook_lag,
-    _oldest_failing_events,
-)
-
-
 # --- Audit log (admin) -------------------------------------------------------------------------
 # Appended by the auth/audit work (issue 3, pages/audit_log.py).
 
@@ -413,4 +396,21 @@ def audit_chain(actor: Actor) -> audit.ChainStatus:
     return _audit_chain(_url())
 
 
-_CACHED = (*_CACHED, _audit_log, _audit_choices, _audit_chain)  # type: ignore[assignment]  # so clear() forgets these too
+_CACHED = (
+    _overview,
+    _payment_rates,
+    _decline_reasons,
+    _volume_by_currency,
+    _search_orders,
+    _order,
+    _timeline,
+    _deliveries_by_day,
+    _retry_stats,
+    _signature_failures,
+    _processing_failures,
+    _webhook_lag,
+    _oldest_failing_events,
+    _audit_log,
+    _audit_choices,
+    _audit_chain,
+)

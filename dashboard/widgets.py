@@ -123,6 +123,10 @@ def page_offset(key: str, page_size: int) -> int:
 def pager(total: int, page_size: int, key: str) -> None:
     """Page buttons under a table of `total` rows; a rerun shows the chosen page."""
     pages = max(math.ceil(total / page_size), 1)
+    if int(st.session_state.get(f"{key}_page") or 1) > pages:
+        # The rows changed under the table (fewer matches than before): back to page one.
+        st.session_state.pop(f"{key}_page", None)
+        st.rerun()
     if pages > 1:
         st.pagination(pages, key=f"{key}_page")
 

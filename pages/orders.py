@@ -34,7 +34,7 @@ chosen: int | None = int(linked) if linked.isdigit() else None
 if query:
     offset = widgets.page_offset("orders", widgets.PAGE_SIZE)
     results = data.search_orders(actor, query, limit=widgets.PAGE_SIZE, offset=offset)
-    if results.total == 0 or results.orders.empty:
+    if results.total == 0:
         st.warning(f"No order matches “{query}”.")
         st.stop()
     shown = len(results.orders)
