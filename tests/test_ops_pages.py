@@ -19,6 +19,7 @@ from core.webhooks import apply_event
 from dashboard.stripe_views import STANDIN_NOTICE
 from tests.support import stripe_objects as so
 from tests.support.apptest import app_as, refused
+from tests.support.stripe_standin import demo_standin
 
 NOW = datetime.now(UTC)
 REASON = "Fulfiller timed out after the payment; customer is waiting."
@@ -182,8 +183,12 @@ def test_operations_reconcile_and_replay(sqlite_url: str, standin: StandIn) -> N
     assert "changed nothing" in texts(admin)
 
 
-def test_endpoint_health_on_the_webhooks_page(sqlite_url: str, standin: StandIn) -> None:
-    finance = app_as("finance", sqlite_url, page="pages/webhooks.py")
+def test_endpoint_health_on_the_webhooks_page(
+    shop: Engine, sqlite_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with demo_standin(sqlite_url) as url:
+        monkeypatch.setenv("STRIPE_API_BASE", url)
+        finance = app_as("finance", sqlite_url, page="pages/webhooks.py")
     assert not finance.exception
     assert "Webhook endpoint health" in [h.value for h in finance.subheader]
     assert "sends every event we handle" in texts(finance)

@@ -23,13 +23,16 @@ import json
 import re
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
 from pytest_httpserver import HTTPServer
 from werkzeug import Request, Response
 
-from core.standin import decode_form
+from core.db import make_engine
+from core.standin import StandIn, decode_form, start_in_thread
 from tests.support.stripe_objects import example
 
 Json = dict[str, Any]
@@ -303,3 +306,19 @@ class _Error(Exception):
         super().__init__(message)
         self.status = status
         self.kind = kind
+
+
+@contextmanager
+def demo_standin(db_url: str) -> Iterator[str]:
+    """The offline-demo stand-in (core.standin) over the database at `db_url`, seeded from it,
+    on 127.0.0.1; yields the URL to put in STRIPE_API_BASE (browser journeys, AppTest)."""
+    engine = make_engine(db_url)
+    standin = StandIn(engine)
+    standin.seed()
+    server, url = start_in_thread(standin)
+    try:
+        yield url
+    finally:
+        server.shutdown()
+        server.server_close()
+        engine.dispose()
