@@ -15,6 +15,7 @@ from starlette.testclient import TestClient
 from werkzeug import Request, Response
 
 from core import alerts, risk
+from core.__main__ import main as cli
 from core.alerts import Rate
 from core.bursts import Rules
 from core.db import session_scope
@@ -287,3 +288,21 @@ def test_metrics_expose_the_same_signals(engine: Engine, db_url: str) -> None:
 def test_metrics_answer_when_the_database_cannot_be_read(tmp_path: Path) -> None:
     samples = scrape(f"sqlite:///{tmp_path}/never_migrated.db")
     assert samples["payments_signals_up"] == 0
+
+
+def test_alerts_command(
+    sqlite_url: str,
+    sqlite_engine: Engine,
+    httpserver: HTTPServer,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    make_flag(sqlite_engine)
+    httpserver.expect_request("/hook").respond_with_data("ok")
+    monkeypatch.setenv("DATABASE_URL", sqlite_url)
+    monkeypatch.setenv("ALERT_WEBHOOK_URL", httpserver.url_for("/hook"))
+    assert cli(["alerts"]) == 0
+    assert "1 alerts raised, 1 delivered, 0 failed" in capsys.readouterr().out
+    assert cli(["alerts", "check"]) == 0
+    assert "0 alerts raised" in capsys.readouterr().out
+    assert len(httpserver.log) == 1
