@@ -85,8 +85,9 @@ if not entries:
     st.info("Nothing recorded for this order yet.")
 for entry in entries:
     badge = KIND_BADGES.get(entry.kind, f":gray-badge[{entry.kind}]")
-    line = f"`{entry.at:%Y-%m-%d %H:%M:%S}` {badge} **{widgets.escape_markdown(entry.title)}**"
+    st.markdown(
+        f"`{entry.at:%Y-%m-%d %H:%M:%S}` {badge} **{widgets.escape_markdown(entry.title)}**"
+    )
     detail = widgets.describe(entry.detail)
     if detail:
-        line += f" — {widgets.escape_markdown(detail)}"
-    st.markdown(line)
+        st.caption(widgets.escape_markdown(detail))

@@ -312,6 +312,10 @@ def markdown(at: AppTest) -> str:
     return re.sub(r"\\(.)", r"\1", "\n".join(str(m.value) for m in at.main.markdown))
 
 
+def captions(at: AppTest) -> str:
+    return re.sub(r"\\(.)", r"\1", "\n".join(str(c.value) for c in at.main.caption))
+
+
 def metrics(at: AppTest) -> dict[str, tuple[str, str]]:
     return {str(m.label): (str(m.value), str(m.delta)) for m in at.main.metric}
 
@@ -572,6 +576,12 @@ def test_orders_search_opens_the_one_timeline(shop: tuple[str, Facts], role: str
         assert line in timeline, line
     # Oldest first: the decline comes before the payment that succeeded.
     assert timeline.index("Payment failed") < timeline.index("Payment succeeded")
+    # Each entry's facts, money in its currency.
+    details = captions(at)
+    assert "amount: USD 25.00" in details
+    assert "decline code: insufficient_funds" in details
+    assert "card last4: 4242" in details
+    assert "outcome: duplicate" in details
 
 
 @pytest.mark.parametrize(
