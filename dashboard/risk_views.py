@@ -17,6 +17,7 @@ from core import risk
 from core.access import Actor, PermissionDenied, allowed, mask_email, require
 from core.db import get_engine, session_scope
 from core.models import PaymentAttempt, RiskFlag
+from core.money import to_major
 from dashboard import data
 
 P = ParamSpec("P")
@@ -106,7 +107,7 @@ def _attempts_frame(rows: list[PaymentAttempt], actor: Actor) -> pd.DataFrame:
                 "decline": a.decline_code or a.failure_code,
                 "card": f"{a.card_brand or ''} •••• {a.card_last4}" if a.card_last4 else None,
                 "fingerprint": a.card_fingerprint,
-                "amount": a.amount / 100 if a.currency else None,
+                "amount": to_major(a.amount, a.currency) if a.currency else None,
                 "currency": (a.currency or "").upper() or None,
                 "email": a.email if full else mask_email(a.email),
                 "ip": a.ip_address,

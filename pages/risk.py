@@ -34,8 +34,8 @@ st.dataframe(
             "entity": f"{views.KIND_LABELS.get(f.kind, f.kind)}: {f.entity}",
             "failures": f.failures,
             "cards": f.distinct_cards,
-            "from (UTC)": f.window_start,
-            "to (UTC)": f.window_end,
+            "from (UTC)": f"{f.window_start:%Y-%m-%d %H:%M:%S}",
+            "to (UTC)": f"{f.window_end:%Y-%m-%d %H:%M:%S}",
             "reviewed by": f.reviewed_by,
         }
         for f in flags
