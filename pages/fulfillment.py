@@ -62,6 +62,7 @@ if allowed(actor.role, "fulfillment.approve"):
             st.text(request.reason)
             if request.requested_by == actor.username:
                 st.caption("Your own request: another admin must approve it.")
+                continue
             confirm = st.text_input(
                 f"Type order id {request.order_id} to approve",
                 key=f"mf_approve_confirm_{request.id}",
