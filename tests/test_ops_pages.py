@@ -213,3 +213,17 @@ def test_unreachable_standin_is_a_message_not_a_trace(
     click(at, "Run reconciliation")
     assert "Stripe could not be reached" in texts(at)
     assert not at.code
+
+
+def test_an_admin_cannot_approve_their_own_request_on_the_page(
+    sqlite_url: str, standin: StandIn
+) -> None:
+    admin = app_as("admin", sqlite_url, page="pages/fulfillment.py")
+    admin.number_input(key="mf_order").set_value(2)
+    admin.text_area(key="mf_reason").input(REASON)
+    admin.text_input(key="mf_confirm").input("2")
+    click(admin, "Request fulfillment")
+    assert "an admin must approve it" in texts(admin)
+    admin.run()
+    assert "Your own request: another admin must approve it." in [c.value for c in admin.caption]
+    assert not [b for b in admin.button if b.label == "Approve and fulfil"]
