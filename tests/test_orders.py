@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine, func, select
 from sqlalchemy.orm import Session
 
 from core.handlers import Context
@@ -388,3 +388,40 @@ def test_an_intent_with_its_charge_expanded_gives_the_charges_details(
     # The charge's own event later completes the same row.
     deliver(sqlite_engine, so.event(f"charge.{'succeeded' if succeeded else 'failed'}", charge))
     assert [a.id for a in attempts(sqlite_engine)] == [charge["id"]]
+
+
+def test_concurrent_events_of_one_order_end_in_the_same_state(engine: Engine) -> None:
+    """The five events of an order delivered at the same moment (as Stripe may do): row locks
+    and unique keys, not arrival order, decide; the state is the one every permutation gives."""
+    import threading
+
+    orders_count = 8
+    stories = [story(1000 + n) for n in range(orders_count)]
+    barrier = threading.Barrier(5)
+    errors: list[BaseException] = []
+
+    def send(evt: dict[str, Any]) -> None:
+        try:
+            barrier.wait(timeout=30)
+            assert deliver(engine, evt) == "processed"
+        except BaseException as exc:
+            errors.append(exc)
+
+    for events in stories:
+        threads = [threading.Thread(target=send, args=(evt,)) for evt in events.values()]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=60)
+    assert not errors, errors
+    with Session(engine) as session:
+        for events in stories:
+            state = order_state(session, events["completed"]["data"]["object"]["id"])
+            assert (state["status"], state["amount_total"], state["amount_refunded"]) == (
+                "disputed",
+                5000,
+                1500,
+            )
+            assert (state["paid_at"], state["disputed_at"]) == (at(0), at(200))
+            assert [a[1:] for a in state["attempts"]] == [("failed", True)]
+        assert session.scalar(select(func.count()).select_from(Order)) == orders_count
