@@ -7,16 +7,32 @@ records it (the row is the record)."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime
+from typing import TYPE_CHECKING, Any
 
+from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
-from core.db import insert_ignore
-from core.models import Fulfillment, Order
-from core.orders import can_fulfill, refresh_status
+from core import audit
+from core.access import Actor, PermissionDenied, require
+from core.db import insert_ignore, session_scope
+from core.models import Fulfillment, FulfillmentRequest, Order, utcnow
+from core.orders import can_fulfill, derive_status, refresh_status
+
+log = logging.getLogger(__name__)
 
 Fulfiller = Callable[[Session, Order], None]
+
+
+class FulfillmentDeferred(Exception):
+    """Raised by a fulfiller that cannot complete now (stock, a partner system down).
+
+    The payment stays recorded and the order stays *paid*, visible as "paid but not
+    fulfilled" for a manual or later fulfillment. Any other exception is a crash: the whole
+    event rolls back and Stripe retries it."""
 
 
 def record_only(session: Session, order: Order) -> None:
@@ -36,26 +52,32 @@ def fulfill(
 ) -> bool:
     """Fulfil `order` (row-locked by the caller) unless it already is. True when this call did.
 
-    The fulfiller runs in the caller's transaction: if it raises, nothing is recorded and the
-    caller's error handling (a 500 to Stripe, a message to the operator) takes over."""
+    The fulfiller runs in the caller's transaction. If it raises FulfillmentDeferred, only the
+    fulfillment is undone (a savepoint) and False is returned; any other error propagates and
+    the caller's error handling (a 500 to Stripe, a message to the operator) takes over."""
     if not can_fulfill(order):
         return False
-    inserted = insert_ignore(
-        session,
-        Fulfillment,
-        {
-            "order_id": order.id,
-            "fulfilled_at": at,
-            "source": source,
-            "actor": actor,
-            "reason": reason,
-            "event_id": event_id,
-        },
-        ["order_id"],
-    )
-    if not inserted:
+    try:
+        with session.begin_nested():
+            inserted = insert_ignore(
+                session,
+                Fulfillment,
+                {
+                    "order_id": order.id,
+                    "fulfilled_at": at,
+                    "source": source,
+                    "actor": actor,
+                    "reason": reason,
+                    "event_id": event_id,
+                },
+                ["order_id"],
+            )
+            if not inserted:
+                return False
+            fulfiller(session, order)
+    except FulfillmentDeferred as deferred:
+        log.warning("order %s: fulfillment deferred: %s", order.id, deferred)
         return False
-    fulfiller(session, order)
     order.fulfilled_at = at
     refresh_status(session, order, event_id=event_id, actor=actor, at=at)
     return True
@@ -68,16 +90,6 @@ def fulfill(
 # run inside it with the order row locked, and `fulfill` (UNIQUE order_id) makes it exactly once
 # whoever races: the webhook, two admins, a reconciliation run. Every attempt is audited.
 
-from dataclasses import dataclass  # noqa: E402
-from typing import TYPE_CHECKING, Any  # noqa: E402
-
-from sqlalchemy import Engine, select  # noqa: E402
-
-from core import audit  # noqa: E402
-from core.access import Actor, PermissionDenied, require  # noqa: E402
-from core.db import session_scope  # noqa: E402
-from core.models import FulfillmentRequest, utcnow  # noqa: E402
-from core.orders import derive_status  # noqa: E402
 
 if TYPE_CHECKING:
     from core.stripe_api import StripeApi
