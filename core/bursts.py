@@ -29,6 +29,7 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from operator import attrgetter
 from typing import Any, Literal
 
 import numpy as np
@@ -178,6 +179,9 @@ def points_by_entity(attempts: Iterable[Attempt]) -> dict[tuple[EntityKind, str]
 # --- Windows ----------------------------------------------------------------------------------
 
 
+_BY_TIME = attrgetter("created", "id")
+
+
 def _unique_points(points: Iterable[Point]) -> list[Point]:
     by_id: dict[str, Point] = {}
     for p in points:
@@ -186,7 +190,7 @@ def _unique_points(points: Iterable[Point]) -> list[Point]:
             by_id[p.id] = p
         else:
             by_id[p.id] = Point(min(p.created, known.created), p.id, _first(p.card, known.card))
-    return sorted(by_id.values(), key=lambda p: (p.created, p.id))
+    return sorted(by_id.values(), key=_BY_TIME)
 
 
 def _describe(

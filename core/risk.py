@@ -445,10 +445,12 @@ def _windows_by_entity(
         )
         if len(dense) == 0:
             continue
+        rows = np.flatnonzero(np.isin(codes, dense))
+        rows = rows[np.argsort(failed.times[rows], kind="stable")]  # each entity's points in order
+        moments = pd.to_datetime(failed.times[rows], unit="us", utc=True).to_pydatetime()
         by_code: dict[int, list[Point]] = {}
-        for i in np.flatnonzero(np.isin(codes, dense)).tolist():
-            at = _EPOCH + timedelta(microseconds=int(failed.times[i]))
-            by_code.setdefault(int(codes[i]), []).append(Point(at, failed.ids[i], cards[i]))
+        for i, code, at in zip(rows.tolist(), codes[rows].tolist(), moments, strict=True):
+            by_code.setdefault(code, []).append(Point(at, failed.ids[i], cards[i]))
         for code, points in by_code.items():
             value = str(uniques[code])
             for pattern in rules.patterns(kind):
