@@ -4,6 +4,7 @@ never commit; `session_scope()` commits once at the end or rolls back on error."
 from __future__ import annotations
 
 import functools
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -66,9 +67,16 @@ def is_sqlite(engine: Engine) -> bool:
     return engine.dialect.name == "sqlite"
 
 
-@functools.cache
+_engines: dict[str, Engine] = {}
+_engines_lock = threading.Lock()
+
+
 def _engine_for(url: str) -> Engine:
-    return make_engine(url)
+    with _engines_lock:
+        engine = _engines.get(url)
+        if engine is None:
+            engine = _engines[url] = make_engine(url)
+        return engine
 
 
 def get_engine(url: str | None = None) -> Engine:
@@ -81,8 +89,14 @@ def get_engine(url: str | None = None) -> Engine:
 
 
 def dispose_engines() -> None:
-    """Forget every cached engine (tests, or after a fork)."""
-    _engine_for.cache_clear()
+    """Close and forget every cached engine (tests; after a fork, build new engines instead)."""
+    # Disposed, not just forgotten: pooled connections left to the garbage collector are a
+    # ResourceWarning (psycopg) and hold PostgreSQL backends open until then.
+    with _engines_lock:
+        engines = list(_engines.values())
+        _engines.clear()
+    for engine in engines:
+        engine.dispose()
 
 
 @contextmanager

@@ -21,16 +21,18 @@ from prometheus_client import (
 from sqlalchemy import Engine, text
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from core import webhooks
 from core.db import get_engine
 from core.handlers import Context
 from core.prom import SignalsCollector
 from core.runtime import webhook_context
-from core.settings import Settings, get_settings
+from core.settings import ConfigError, Settings, get_settings
 
 log = logging.getLogger("receiver")
 
@@ -81,10 +83,16 @@ def create_app(settings: Settings | None = None) -> Starlette:
     state: dict[str, State] = {}
     metrics.registry.register(SignalsCollector(lambda: state["s"].engine))  # read at scrape time
 
+    refusal: list[str] = []
+
     @asynccontextmanager
     async def lifespan(_app: Starlette) -> AsyncIterator[None]:
-        conf = settings or get_settings()
-        secrets = conf.require_webhook_secrets()  # refuse to start without one
+        try:
+            conf = settings or get_settings()
+            secrets = conf.require_webhook_secrets()  # refuse to start without one
+        except ConfigError as exc:
+            refusal.append(str(exc))
+            raise
         engine = get_engine(conf.database_url)
         state["s"] = State(conf, engine, secrets, webhook_context(conf))
         yield
@@ -126,7 +134,29 @@ def create_app(settings: Settings | None = None) -> Starlette:
             Route("/metrics", prometheus, methods=["GET"]),
         ],
         lifespan=lifespan,
+        middleware=[Middleware(CleanRefusal, refusal=refusal)],
     )
+
+
+class CleanRefusal:
+    """A configuration error at start-up becomes one clear line in the log instead of a
+    traceback (uvicorn still exits non-zero). The message names variables, never values."""
+
+    def __init__(self, app: ASGIApp, refusal: list[str]) -> None:
+        self.app = app
+        self.refusal = refusal
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "lifespan":
+            await self.app(scope, receive, send)
+            return
+
+        async def clean_send(message: Message) -> None:
+            if message["type"] == "lifespan.startup.failed" and self.refusal:
+                message = {**message, "message": f"Refusing to start: {self.refusal[-1]}"}
+            await send(message)
+
+        await self.app(scope, receive, clean_send)
 
 
 def _ping(engine: Engine) -> None:

@@ -237,6 +237,12 @@ def test_database_unavailable_gives_5xx(make_url: Any, tmp_path: Path) -> None:
         # A forgery is still refused for what it is, even when it cannot be recorded.
         forged = post_event(client, running.url, evt, "whsec_forged")
         assert (forged.status_code, forged.json()["reason"]) == (400, "no_matching_signature")
+        # Monitoring keeps working when the database does not.
+        metrics = client.get(running.url + "/metrics")
+        assert metrics.status_code == 200
+        assert 'webhook_deliveries_total{outcome="error",reason="database_unavailable"} 1.0' in (
+            metrics.text.splitlines()
+        )
         for answer in (health, response, forged):
             assert_no_traceback(answer)
         assert SECRET not in running.output()
@@ -325,3 +331,5 @@ def test_receiver_refuses_to_start(
         assert name in output
     for secret in secrets:
         assert secret not in output
+    assert "Refusing to start" in output
+    assert "Traceback" not in output, output
