@@ -33,6 +33,7 @@ MAX_BODY_BYTES = 256 * 1024
 _INSERT_DELIVERY = insert(WebhookDelivery.__table__)  # type: ignore[arg-type]
 SIGNATURE_SCHEME = "v1"
 MAX_ERROR_CHARS = 500
+MAX_CREATED = 253402300799  # 9999-12-31T23:59:59Z, the last second a datetime can hold
 
 
 class Rejection(Exception):
@@ -166,6 +167,7 @@ def check_event_shape(event: Any) -> dict[str, Any]:
         or len(event["type"]) > 255
         or not isinstance(event.get("created"), int)
         or isinstance(event.get("created"), bool)
+        or not 0 < event["created"] <= MAX_CREATED  # else datetime() fails: a 500 forever
         or not isinstance(event.get("livemode"), bool)
         or not isinstance(data, dict)
         or not isinstance(data.get("object"), dict)

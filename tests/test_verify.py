@@ -274,6 +274,8 @@ REJECTED: list[tuple[str, Callable[[], Delivery], int, str, int]] = [
         "not_an_event",
         400,
     ),
+    ("created beyond year 9999", _signed_body(_event_with(created=10**20)), 0, "not_an_event", 400),
+    ("created negative", _signed_body(_event_with(created=-1)), 0, "not_an_event", 400),
     ("created as a boolean", _signed_body(_event_with(created=True)), 0, "not_an_event", 400),
     ("livemode as a string", _signed_body(_event_with(livemode="false")), 0, "not_an_event", 400),
     ("no data.object", _signed_body(_no_data_object), 0, "not_an_event", 400),
