@@ -3,8 +3,9 @@
     with run_receiver({"DATABASE_URL": url, "STRIPE_WEBHOOK_SECRETS": SECRET}) as receiver:
         httpx.post(receiver.url + "/webhooks/stripe", ...)
 
-    with run_localstripe() as stripe_base:
-        httpx.post(stripe_base + "/v1/customers", auth=("sk_test_12345", ""), ...)
+    with run_localstripe() as fake_stripe:
+        httpx.post(fake_stripe.url + "/v1/customers", auth=("sk_test_12345", ""), ...)
+        stripe.StripeClient("sk_test_x", base_addresses={"api": fake_stripe.url})
 
 Both run in a subprocess of the test's interpreter with a minimal environment (PATH, HOME and
 what you pass), from the current directory (the test's tmp dir: no stray `.env` is read).
