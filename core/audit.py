@@ -10,7 +10,7 @@ import json
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol
 
 from sqlalchemy import func, select, text
 from sqlalchemy.orm import Session
@@ -33,7 +33,23 @@ def _digest(prev_hash: str, at: datetime, fields: dict[str, Any]) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
-def _fields(entry: AuditEntry) -> dict[str, Any]:
+class _Entry(Protocol):
+    """What verification reads: an AuditEntry, or a plain row with the same columns."""
+
+    id: int
+    at: datetime
+    actor: str
+    role: str | None
+    action: str
+    target: str | None
+    details: dict[str, Any]
+    stripe_request_id: str | None
+    idempotency_key: str | None
+    prev_hash: str
+    hash: str
+
+
+def _fields(entry: _Entry) -> dict[str, Any]:
     return {
         "actor": entry.actor,
         "role": entry.role,
@@ -94,7 +110,7 @@ class ChainStatus:
         return f"audit log broken at entry {self.broken_at}: {self.problem}"
 
 
-def verify_entries(entries: Iterable[AuditEntry]) -> ChainStatus:
+def verify_entries(entries: Iterable[_Entry]) -> ChainStatus:
     prev = GENESIS
     checked = 0
     for entry in entries:
@@ -115,11 +131,12 @@ def verify_entries(entries: Iterable[AuditEntry]) -> ChainStatus:
 def verify(session: Session) -> ChainStatus:
     """Walk the whole chain in id order."""
     # Streamed in batches (a server-side cursor on PostgreSQL), closed even on an early return.
+    # Plain rows, not ORM objects: several times faster on a long log.
     result = session.execute(
-        select(AuditEntry).order_by(AuditEntry.id).execution_options(yield_per=1000)
+        select(AuditEntry.__table__).order_by(AuditEntry.id).execution_options(yield_per=2000)
     )
     try:
-        return verify_entries(result.scalars())
+        return verify_entries(result)  # rows carry the same attributes
     finally:
         result.close()
 

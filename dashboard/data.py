@@ -383,7 +383,8 @@ def audit_choices(actor: Actor) -> tuple[list[str], list[str]]:
     return _audit_choices(_url())
 
 
-@st.cache_data(ttl=LOOKUP_TTL_S, max_entries=CACHE_ENTRIES, show_spinner=False)
+# Walking the whole chain takes seconds at 100,000 entries: once a minute is enough.
+@st.cache_data(ttl=METRICS_TTL_S, max_entries=CACHE_ENTRIES, show_spinner="Verifying the chain…")
 def _audit_chain(url: str) -> audit.ChainStatus:
     with _read(url) as session:
         return audit.verify(session)

@@ -18,7 +18,10 @@ st.title("Audit log")
 
 chain = data.audit_chain(actor)
 if chain.ok:
-    st.success(f"Chain intact: {chain.checked:,} entries verified.", icon=":material/verified:")
+    st.success(
+        f"Chain intact: {chain.checked:,} entries verified (re-checked every minute).",
+        icon=":material/verified:",
+    )
 else:
     st.error(
         f"Chain broken at entry {chain.broken_at}: {chain.problem}. "
