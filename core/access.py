@@ -81,16 +81,17 @@ def mask_email(email: str | None) -> str | None:
 
 # --- Login, lockout and sessions -----------------------------------------------------------
 #
-# The login library only checks a password. Everything money needs lives here, in the
-# database, so reruns, new browser sessions, several dashboard processes and restarts all see
-# the same state:
+# A login library checks a password; what money needs on top lives here, in the database, so
+# reruns, new browser sessions, several dashboard processes and restarts all see the same state
+# (dashboard/auth.py explains why streamlit-authenticator's own form and cookie are not used):
 # - lockout: LOCKOUT_FAILURES failed logins for one username within LOCKOUT_WINDOW refuse every
 #   further attempt for that username until the window has passed, without checking the
 #   password. Unknown usernames are counted and refused exactly the same way, with the same
 #   messages, and cost the same bcrypt check, so neither messages nor timing say who exists.
 #   Refused attempts during a lockout are audited but not counted, so the lock ends
 #   LOCKOUT_WINDOW after the failure that set it instead of being extended forever by whoever
-#   keeps guessing.
+#   keeps guessing. A success does not wipe earlier failures: guesses interleaved with the
+#   real user's logins still count.
 # - sessions: a login creates a random token; only its SHA-256 is stored. Every rerun presents
 #   the token again (`resume`), which fails once the session expired (SESSION_HOURS after the
 #   login), was ended by logout, revoked by an admin or by a password reset, or its user was
