@@ -342,3 +342,13 @@ def test_typed_usernames_are_stored_printable(sqlite_engine: Engine) -> None:
         stored = session.execute(select(LoginAttempt.username)).scalar_one()
         audited = session.execute(select(AuditEntry.actor)).scalar_one()
     assert stored == audited == "evil?[31m?name"
+
+
+def test_unknown_usernames_pay_for_a_real_bcrypt_check() -> None:
+    # A malformed stand-in hash would fail instantly and tell who exists by timing.
+    import bcrypt
+
+    from core.users import BCRYPT_ROUNDS
+
+    assert access._DUMMY_HASH.startswith(f"$2b${BCRYPT_ROUNDS:02d}$")
+    assert bcrypt.checkpw(b"any password", access._DUMMY_HASH.encode()) is False
