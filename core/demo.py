@@ -23,7 +23,7 @@ import math
 import random
 import string
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -745,12 +745,18 @@ class _Player:
     one transaction per delivery."""
 
     def __init__(
-        self, engine: Engine, ctx: Context, clock: _Clock, secret: str, tolerance: int
+        self,
+        engine: Engine,
+        ctx: Context,
+        clock: _Clock,
+        secrets: Sequence[str],
+        tolerance: int,
     ) -> None:
         self.engine = engine
         self.ctx = ctx
         self.clock = clock
-        self.secret = secret
+        self.secrets = list(secrets)  # every configured secret verifies (rotation)
+        self.secret = self.secrets[0]  # Stripe signs with the current one
         self.tolerance = tolerance
         self.outcomes: dict[str, int] = {}
 
@@ -775,7 +781,7 @@ class _Player:
             "error": None,
         }
         try:
-            event = verify(body, header, [self.secret], self.tolerance, now=delivery.at.timestamp())
+            event = verify(body, header, self.secrets, self.tolerance, now=delivery.at.timestamp())
         except Rejection as rejection:
             row.update(
                 http_status=rejection.status, outcome="rejected", rejection_reason=rejection.reason
@@ -820,7 +826,7 @@ def run(
     seed: int = 7,
     now: datetime | None = None,
     once: bool = False,
-    secret: str = DEMO_SECRET,
+    secrets: Sequence[str] = (DEMO_SECRET,),
     tolerance: int = 300,
     batch: int = 1000,
     risk_rules: Rules | None = None,
@@ -833,6 +839,8 @@ def run(
     of after every attempt; pass a `base` context without `on_attempt` hooks then."""
     if orders < 1 or days < 1:
         raise ValueError("orders and days must be positive")
+    if not secrets:
+        raise ValueError("the demo signs its deliveries: give it a webhook secret")
     if once:
         with session_scope(engine, write=False) as session:
             if has_demo_data(session):
@@ -847,7 +855,7 @@ def run(
         )
     clock = _Clock(now - timedelta(days=days))
     player = _Player(
-        engine, demo_context(base, the_plan.incidents, clock), clock, secret, tolerance
+        engine, demo_context(base, the_plan.incidents, clock), clock, secrets, tolerance
     )
     player.play(the_plan.deliveries, batch)
     if progress:

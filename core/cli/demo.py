@@ -43,7 +43,7 @@ def run(args: argparse.Namespace) -> int:
         days=args.days,
         seed=args.seed,
         once=args.once,
-        secret=secrets[0] if secrets else demo.DEMO_SECRET,
+        secrets=secrets or [demo.DEMO_SECRET],
         tolerance=settings.stripe_webhook_tolerance,
         progress=print,
     )
