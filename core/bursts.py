@@ -179,7 +179,7 @@ def points_by_entity(attempts: Iterable[Attempt]) -> dict[tuple[EntityKind, str]
 # --- Windows ----------------------------------------------------------------------------------
 
 
-_BY_TIME = attrgetter("created", "id")
+BY_TIME = attrgetter("created", "id")
 
 
 def _unique_points(points: Iterable[Point]) -> list[Point]:
@@ -190,12 +190,13 @@ def _unique_points(points: Iterable[Point]) -> list[Point]:
             by_id[p.id] = p
         else:
             by_id[p.id] = Point(min(p.created, known.created), p.id, _first(p.card, known.card))
-    return sorted(by_id.values(), key=_BY_TIME)
+    return sorted(by_id.values(), key=BY_TIME)
 
 
-def _describe(
+def describe(
     points: Sequence[Point], times: Sequence[datetime], start: datetime, end: datetime
 ) -> Window:
+    """The window [start, end] of `points` (sorted by time; `times` their times)."""
     inside = points[bisect_left(times, start) : bisect_right(times, end)]
     cards = {p.card for p in inside if p.card is not None}
     return Window(start, end, len(inside), len(cards), tuple(p.id for p in inside))
@@ -245,7 +246,7 @@ def detect_windows(
         else:
             spans.append((start, r))
     times = [p.created for p in pts]
-    return [_describe(pts, times, s, e) for s, e in spans]
+    return [describe(pts, times, s, e) for s, e in spans]
 
 
 def merge_windows(windows: Iterable[tuple[datetime, datetime]]) -> list[tuple[datetime, datetime]]:

@@ -29,6 +29,7 @@ import numpy.typing as npt
 import pandas as pd
 from sqlalchemy import (
     ColumnElement,
+    TextClause,
     TextualSelect,
     bindparam,
     delete,
@@ -43,7 +44,7 @@ from sqlalchemy.orm import Session
 
 from core import audit, bursts
 from core.access import Actor, mask_email, require
-from core.bursts import ENTITY_COLUMNS, EntityKind, Pattern, Point, Rules, Stored, Window
+from core.bursts import BY_TIME, ENTITY_COLUMNS, EntityKind, Pattern, Point, Rules, Stored, Window
 from core.models import PaymentAttempt, RiskFlag, UTCDateTime, utcnow
 from core.settings import Settings
 
@@ -254,7 +255,94 @@ def on_attempt(
         return Changes()
     times = [attempt.created] + ([moved] if moved is not None else [])
     lo, hi = bursts.affected_range(times, rules)
+    if moved is None:
+        return grow(session, entities, lo, hi, rules, now=now)
     return refresh(session, entities, lo, hi, rules, now=now)
+
+
+@functools.lru_cache(maxsize=8)
+def _count_sql(kind: EntityKind) -> TextClause:
+    return text(
+        "SELECT count(*), count(DISTINCT card_fingerprint) FROM payment_attempts "
+        f"WHERE {ENTITY_COLUMNS[kind]} = :v AND outcome = 'failed' "
+        "AND created >= :lo AND created <= :hi"
+    ).bindparams(bindparam("lo", type_=UTCDateTime()), bindparam("hi", type_=UTCDateTime()))
+
+
+def _lock_entities(session: Session, entities: Sequence[tuple[EntityKind, str]]) -> None:
+    if _is_postgres(session):
+        lock_keys = sorted({_entity_lock_key(k, v) for k, v in entities})
+        calls = ", ".join(f"pg_advisory_xact_lock(:k{i})" for i in range(len(lock_keys)))
+        session.execute(
+            text(f"SELECT pg_advisory_xact_lock_shared(:g), {calls}"),
+            {"g": _GLOBAL_LOCK_KEY, **{f"k{i}": k for i, k in enumerate(lock_keys)}},
+        )
+
+
+def _read_points(
+    session: Session, spans: Sequence[tuple[tuple[EntityKind, str], tuple[datetime, datetime]]]
+) -> dict[tuple[EntityKind, str], list[Point]]:
+    params: dict[str, Any] = {}
+    for i, ((_kind, value), (a, b)) in enumerate(spans):
+        params.update({f"v{i}": value, f"lo{i}": a, f"hi{i}": b})
+    points: list[list[Point]] = [[] for _ in spans]
+    statement = _points_sql(tuple(kind for (kind, _value), _span in spans))
+    for tag, attempt_id, created, card in session.execute(statement, params):
+        points[tag].append(Point(created, attempt_id, card))
+    return {key: pts for (key, _span), pts in zip(spans, points, strict=True)}
+
+
+def grow(
+    session: Session,
+    entities: Sequence[tuple[EntityKind, str]],
+    lo: datetime,
+    hi: datetime,
+    rules: Rules,
+    *,
+    now: datetime | None = None,
+) -> Changes:
+    """`refresh` for attempts that were only added (none moved), which only adds hits: the
+    hits with right ends in [lo, hi] are recomputed from the attempts in [lo - window, hi],
+    and united with the stored flags they overlap. A flag reaching outside that range is
+    recounted by one aggregate query instead of reading all its attempts, which keeps the
+    cost flat for busy entities (a promotion code flagged for days)."""
+    window = rules.window
+    _lock_entities(session, entities)
+    found: dict[tuple[str, str, str], list[_FlagRow]] = {}
+    for row in _find_flags(session, entities, lo - window, hi):
+        found.setdefault((row.entity_kind, row.entity_value, row.pattern), []).append(row)
+    near = (lo - window, hi)
+    by_entity = _read_points(session, [(entity, near) for entity in entities])
+    changes = Changes()
+    for kind, value in entities:
+        points = sorted(by_entity[(kind, value)], key=BY_TIME)
+        times = [p.created for p in points]
+        for pattern in rules.patterns(kind):
+            new = bursts.detect_windows(points, pattern, rules, ends=(lo, hi))
+            if not new:
+                continue  # no hit changed: the stored flags stand
+            flags = found.get((kind, value, pattern), [])
+            merged = bursts.merge_windows(
+                [(w.start, w.end) for w in new] + [(f.window_start, f.window_end) for f in flags]
+            )
+            windows = []
+            for a, b in merged:
+                if not any(a <= w.start and w.end <= b for w in new):
+                    continue  # a stored flag the new hits do not reach
+                if near[0] <= a and b <= near[1]:
+                    windows.append(bursts.describe(points, times, a, b))
+                else:
+                    failures, cards = session.execute(
+                        _count_sql(kind), {"v": value, "lo": a, "hi": b}
+                    ).one()
+                    windows.append(Window(a, b, int(failures), int(cards)))
+            previous = [
+                _stored(f)
+                for f in flags
+                if any(f.window_start <= w.end and w.start <= f.window_end for w in windows)
+            ]
+            changes.add(_apply(session, kind, value, pattern, previous, windows, now or utcnow()))
+    return changes
 
 
 def refresh(
@@ -269,13 +357,7 @@ def refresh(
     """Recompute the flags of `entities` for hits with right ends in [lo, hi] (extended over
     any stored flag the range touches) and write the difference."""
     window = rules.window
-    if _is_postgres(session):
-        lock_keys = sorted({_entity_lock_key(k, v) for k, v in entities})
-        calls = ", ".join(f"pg_advisory_xact_lock(:k{i})" for i in range(len(lock_keys)))
-        session.execute(
-            text(f"SELECT pg_advisory_xact_lock_shared(:g), {calls}"),
-            {"g": _GLOBAL_LOCK_KEY, **{f"k{i}": k for i, k in enumerate(lock_keys)}},
-        )
+    _lock_entities(session, entities)
     found: dict[tuple[str, str, str], list[_FlagRow]] = {}
     for row in _find_flags(session, entities, lo - window, hi):
         found.setdefault((row.entity_kind, row.entity_value, row.pattern), []).append(row)
@@ -304,15 +386,7 @@ def refresh(
     for (kind, value, _pattern), (x_lo, x_hi) in ranges.items():
         a, b = spans.get((kind, value), (x_lo, x_hi))
         spans[(kind, value)] = (min(a, x_lo), max(b, x_hi))
-    tagged = list(spans.items())
-    params: dict[str, Any] = {}
-    for i, ((_kind, value), (a, b)) in enumerate(tagged):
-        params.update({f"v{i}": value, f"lo{i}": a - window, f"hi{i}": b})
-    points: list[list[Point]] = [[] for _ in tagged]
-    statement = _points_sql(tuple(kind for (kind, _value), _span in tagged))
-    for tag, attempt_id, created, card in session.execute(statement, params):
-        points[tag].append(Point(created, attempt_id, card))
-    by_entity = {key: pts for (key, _span), pts in zip(tagged, points, strict=True)}
+    by_entity = _read_points(session, [(key, (a - window, b)) for key, (a, b) in spans.items()])
     changes = Changes()
     for (kind, value, pattern), (x_lo, x_hi) in ranges.items():
         windows = bursts.detect_windows(by_entity[(kind, value)], pattern, rules, ends=(x_lo, x_hi))
