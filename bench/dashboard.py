@@ -550,6 +550,7 @@ def main() -> None:
     facts = _fixture_facts(tables)
     sizes = {name: len(frame) for name, frame in tables.items()}
     print(f"  built in {time.perf_counter() - started:.1f} s: {sizes}", flush=True)
+    load_before = os.getloadavg()[0]
     pages = list(_pages(now, facts))
     results: dict[str, dict[str, dict[str, Any]]] = {}
     naive: dict[str, dict[str, Any]] = {}
@@ -578,6 +579,11 @@ def main() -> None:
             print(f"  naive overview: {naive[label]['seconds']:.2f} s, "
                   f"peak {naive[label]['maxrss_mb']:.0f} MB", flush=True)  # fmt: skip
     body = _report(scale, sizes, results, naive, load_seconds, facts)
+    body += (
+        f"\n\nMachine load (1-minute load average) at the start and end of the run: "
+        f"{load_before:.1f} and {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores, shared with "
+        "other work: figures above about 1 per core are noisy."
+    )
     write_section("dashboard", "Dashboard queries at 1M payment attempts", COMMAND, body)
     print(body)
 
