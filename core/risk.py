@@ -5,6 +5,9 @@ Two entry points give the same flags for the same attempts (see core.bursts for 
 - `on_attempt` runs inside the webhook transaction after each recorded attempt. It re-derives
   only the neighbourhood the attempt can change: two indexed queries for that attempt's
   entities (stored flags near it, the entity's failed attempts in the range), no network.
+  A new attempt only adds hits, so `grow` unites the recomputed windows with the stored flags;
+  an attempt whose time moved earlier (its charge arrived after its PaymentIntent) can also
+  remove hits, so `refresh` recomputes every stored flag the change touches.
 - `detect_period` (`python -m core bursts`) recomputes every entity over a period.
 
 Both replace the stored flags of the recomputed range with the recomputed windows
