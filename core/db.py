@@ -55,6 +55,7 @@ def _configure_sqlite(engine: Engine) -> None:
         cursor.execute("PRAGMA synchronous=NORMAL")
         cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
         cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute("PRAGMA temp_store=MEMORY")  # statement journals off the disk
         cursor.close()
 
     @event.listens_for(engine, "begin")
@@ -133,8 +134,10 @@ def insert_ignore(
     then does nothing: unique keys, not application checks, make retries and races safe."""
     dialect = session.get_bind().dialect.name
     stmt = _insert_ignore_statement(model.__table__, dialect, tuple(index_elements or ()))
-    # Values go in as parameters so the compiled statement is cached (the webhook hot path).
-    result: CursorResult[Any] = session.execute(stmt, values)  # type: ignore[assignment]
+    # Values go in as parameters so the compiled statement is cached (the webhook hot path),
+    # and on the session's connection without an autoflush: a plain insert does not depend on
+    # pending ORM changes, and flushing them twice per event costs more than the insert.
+    result: CursorResult[Any] = session.connection().execute(stmt, values)
     return bool(result.rowcount)
 
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine, delete, select
 from sqlalchemy.orm import Session
 
 from core import audit
@@ -52,30 +52,27 @@ def fulfill(
 ) -> bool:
     """Fulfil `order` (row-locked by the caller) unless it already is. True when this call did.
 
-    The fulfiller runs in the caller's transaction. If it raises FulfillmentDeferred, only the
-    fulfillment is undone (a savepoint) and False is returned; any other error propagates and
-    the caller's error handling (a 500 to Stripe, a message to the operator) takes over."""
+    The fulfiller runs in the caller's transaction, after the unique row is claimed, so it can
+    never run twice for one order. If it raises FulfillmentDeferred (having done nothing), the
+    claim is withdrawn and False is returned; any other error propagates and the caller's
+    error handling (a 500 to Stripe, a message to the operator) takes over."""
     if not can_fulfill(order):
         return False
+    claim = {
+        "order_id": order.id,
+        "fulfilled_at": at,
+        "source": source,
+        "actor": actor,
+        "reason": reason,
+        "event_id": event_id,
+    }
+    if not insert_ignore(session, Fulfillment, claim, ["order_id"]):
+        return False
     try:
-        with session.begin_nested():
-            inserted = insert_ignore(
-                session,
-                Fulfillment,
-                {
-                    "order_id": order.id,
-                    "fulfilled_at": at,
-                    "source": source,
-                    "actor": actor,
-                    "reason": reason,
-                    "event_id": event_id,
-                },
-                ["order_id"],
-            )
-            if not inserted:
-                return False
-            fulfiller(session, order)
+        fulfiller(session, order)
     except FulfillmentDeferred as deferred:
+        # The order row is locked by the caller: nobody else can have seen this claim.
+        session.execute(delete(Fulfillment).where(Fulfillment.order_id == order.id))
         log.warning("order %s: fulfillment deferred: %s", order.id, deferred)
         return False
     order.fulfilled_at = at

@@ -119,7 +119,8 @@ def lock_order(
 def link_attempts(session: Session, order: Order) -> None:
     """Attach payment attempts that arrived before their order."""
     if order.payment_intent_id:
-        session.execute(
+        # Needs only the order's id and PaymentIntent: no need to flush its other changes.
+        session.connection().execute(
             update(PaymentAttempt)
             .where(
                 PaymentAttempt.payment_intent_id == order.payment_intent_id,
