@@ -5,6 +5,7 @@ The UI hides what a role may not use; core checks again every time."""
 from __future__ import annotations
 
 import hashlib
+import hmac
 import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -15,6 +16,7 @@ from sqlalchemy import func, select, text
 from sqlalchemy.orm import Session
 
 from core.models import LoginAttempt, UserSession, utcnow
+from core.settings import get_settings
 
 if TYPE_CHECKING:
     from core.users import User
@@ -128,7 +130,10 @@ class LoginResult:
 
 
 def hash_token(token: str) -> str:
-    return hashlib.sha256(token.encode()).hexdigest()
+    """What `user_sessions` stores: an HMAC of the token keyed by COOKIE_KEY, so a copy of the
+    table alone cannot be matched against tokens, and rotating COOKIE_KEY ends every session."""
+    key = get_settings().cookie_key.get_secret_value().encode()
+    return hmac.new(key, token.encode(), hashlib.sha256).hexdigest()
 
 
 def _lock_username(session: Session, username: str) -> None:

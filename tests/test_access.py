@@ -6,6 +6,7 @@ old process) on the same database."""
 from __future__ import annotations
 
 import hashlib
+import hmac
 import threading
 from datetime import UTC, datetime, timedelta
 
@@ -24,6 +25,7 @@ from core.access import (
 )
 from core.db import make_engine, session_scope
 from core.models import AuditEntry, LoginAttempt, UserSession
+from core.settings import get_settings
 from core.users import User, hash_password
 
 T0 = datetime(2026, 3, 1, 9, 0, tzinfo=UTC)
@@ -228,14 +230,26 @@ def test_every_login_outcome_is_audited_in_an_intact_chain(db_url: str) -> None:
 # --- Sessions ------------------------------------------------------------------------------------
 
 
-def test_only_a_hash_of_the_token_is_stored(sqlite_engine: Engine) -> None:
+def test_only_a_keyed_hash_of_the_token_is_stored(sqlite_engine: Engine) -> None:
     result = attempt(sqlite_engine, "alice", PASSWORD, T0)
     assert result.token and len(result.token) >= 40
+    key = get_settings().cookie_key.get_secret_value().encode()
     with session_scope(sqlite_engine, write=False) as session:
         row = session.execute(select(UserSession)).scalar_one()
-        assert row.token_hash == hashlib.sha256(result.token.encode()).hexdigest()
+        assert row.token_hash == hmac.new(key, result.token.encode(), hashlib.sha256).hexdigest()
+        assert row.token_hash != hashlib.sha256(result.token.encode()).hexdigest()
         assert row.expires_at == T0 + timedelta(hours=8)
     assert result.token not in repr(result)
+
+
+def test_rotating_the_cookie_key_ends_every_session(
+    sqlite_engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    token = attempt(sqlite_engine, "alice", PASSWORD, T0).token
+    assert resume(sqlite_engine, token, T0 + timedelta(minutes=1)) == Actor("alice", "finance")
+    monkeypatch.setenv("COOKIE_KEY", "a-brand-new-cookie-key-of-more-than-32-characters")
+    get_settings.cache_clear()
+    assert resume(sqlite_engine, token, T0 + timedelta(minutes=2)) is None
 
 
 def test_a_session_survives_a_restart_until_it_expires(db_url: str) -> None:
