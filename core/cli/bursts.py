@@ -25,8 +25,10 @@ def iso_time(value: str) -> datetime:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--since", type=iso_time, help="first attempt time (default: all)")
-    parser.add_argument("--until", type=iso_time, help="last attempt time (default: all)")
+    parser.add_argument(
+        "--since", type=iso_time, help="start of the period, ISO 8601, UTC without a zone"
+    )
+    parser.add_argument("--until", type=iso_time, help="end of the period (default: no end)")
     parser.add_argument(
         "--no-alerts", action="store_true", help="only detect; leave alerts to `alerts check`"
     )
