@@ -21,7 +21,7 @@ import streamlit as st
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
-from core import audit, metrics
+from core import alerts, audit, metrics
 from core.access import Actor, allowed, mask_email, require
 from core.db import get_engine, session_scope
 from core.metrics import Grain, OrderDetail, Period, RetryStats, TimelineEntry
@@ -227,6 +227,37 @@ def _mask_value(value: Any) -> Any:
     return value
 
 
+# --- Alerts ------------------------------------------------------------------------------------
+
+
+@st.cache_data(ttl=LOOKUP_TTL_S, max_entries=CACHE_ENTRIES, show_spinner=False)
+def _recent_alerts(url: str, limit: int) -> pd.DataFrame:
+    with _read(url) as session:
+        rows = alerts.recent_alerts(session, limit=limit)
+        return pd.DataFrame(
+            [
+                {
+                    "raised_at": row.raised_at,
+                    "condition": row.condition,
+                    "message": row.message,
+                    "sent": "yes" if row.delivered_at else "no",
+                }
+                for row in rows
+            ],
+            columns=["raised_at", "condition", "message", "sent"],
+        )
+
+
+@_guarded
+def recent_alerts(actor: Actor, *, limit: int = 10) -> pd.DataFrame:
+    """The latest alerts (new flags, decline and webhook spikes), newest first."""
+    require(actor, "metrics.view")
+    frame = _recent_alerts(_url(), limit)
+    if not _sees_full_emails(actor):
+        frame = frame.assign(message=frame["message"].map(_mask_text))
+    return frame
+
+
 # --- Webhooks ----------------------------------------------------------------------------------
 
 
@@ -399,6 +430,7 @@ def audit_chain(actor: Actor) -> audit.ChainStatus:
 
 _CACHED = (
     _overview,
+    _recent_alerts,
     _payment_rates,
     _decline_reasons,
     _volume_by_currency,

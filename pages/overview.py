@@ -89,3 +89,10 @@ unfulfilled.metric(
     delta_color="inverse",
 )
 risk.metric("Open risk flags", f"{now.open_risk_flags:,}")
+
+st.subheader("Recent alerts")
+recent = data.recent_alerts(actor)
+if recent.empty:
+    st.info("No alerts raised.")
+else:
+    st.dataframe(recent, hide_index=True, width="stretch")

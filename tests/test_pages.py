@@ -24,7 +24,7 @@ from core.access import ROLES, Actor, PermissionDenied, Role, allowed
 from core.db import make_engine, session_scope
 from core.handlers import Context
 from core.metrics import Period
-from core.models import Order
+from core.models import Alert, Order
 from core.webhooks import receive
 from dashboard import data
 from dashboard.widgets import PAGE_SIZE
@@ -717,3 +717,22 @@ def test_a_link_to_no_order_shows_nothing_of_any_order(
     assert not at.main.metric
     if linked.isdigit():
         assert [w.value for w in at.main.warning] == [f"There is no order {linked}."]
+
+
+def test_overview_lists_recent_alerts_with_emails_masked_for_finance(
+    shop: tuple[str, Facts],
+) -> None:
+    url = shop[0]
+    with session_scope(make_engine(url)) as session:
+        session.add(
+            Alert(
+                condition="flag:email:tester@example.com",
+                window_start=datetime.now(UTC),
+                message="New burst flag for email tester@example.com: 4 failures",
+            )
+        )
+    admin = app_as("admin", url, page="pages/overview.py")
+    assert "tester@example.com: 4 failures" in table_with(admin, "condition")["message"].iloc[0]
+    finance = app_as("finance", url, page="pages/overview.py")
+    shown = table_with(finance, "condition")["message"].iloc[0]
+    assert "t***@example.com" in shown and "tester@example.com" not in shown
