@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 from sqlalchemy.orm import Session
 
 from core import orders
@@ -253,6 +253,13 @@ def _intent_attempt(intent: dict[str, Any], event: dict[str, Any]) -> dict[str, 
     return values
 
 
+# Built once: constructing a statement costs more than running it on the webhook hot path.
+_ATTEMPT_FOR_UPDATE = (
+    select(PaymentAttempt).where(PaymentAttempt.id == bindparam("id")).with_for_update()
+)
+_ORDER_ID_BY_INTENT = select(Order.id).where(Order.payment_intent_id == bindparam("intent"))
+
+
 def record_attempt(
     session: Session, values: dict[str, Any], event: dict[str, Any], ctx: Context
 ) -> PaymentAttempt:
@@ -262,9 +269,7 @@ def record_attempt(
         raise ValueError(f"{event['type']} without an object id")
     values["event_id"] = event["id"]
     insert_ignore(session, PaymentAttempt, values, ["id"])
-    attempt = session.execute(
-        select(PaymentAttempt).where(PaymentAttempt.id == values["id"]).with_for_update()
-    ).scalar_one()
+    attempt = session.execute(_ATTEMPT_FOR_UPDATE, {"id": values["id"]}).scalar_one()
     for key, value in values.items():
         if key in ("id", "created", "event_id", "outcome"):
             continue
@@ -273,7 +278,7 @@ def record_attempt(
     attempt.created = min(attempt.created, values["created"])
     if attempt.order_id is None and attempt.payment_intent_id:
         attempt.order_id = session.execute(
-            select(Order.id).where(Order.payment_intent_id == attempt.payment_intent_id)
+            _ORDER_ID_BY_INTENT, {"intent": attempt.payment_intent_id}
         ).scalar_one_or_none()
     for hook in ctx.on_attempt:
         hook(session, attempt)

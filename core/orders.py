@@ -11,7 +11,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import or_, select, update
+from sqlalchemy import Select, bindparam, or_, select, update
 from sqlalchemy.orm import Session
 
 from core.db import insert_ignore
@@ -77,6 +77,31 @@ def _earliest(current: datetime | None, candidate: datetime) -> datetime:
     return candidate if current is None or candidate < current else current
 
 
+def _lock_statement(by_session: bool, by_intent: bool) -> Select[Order]:
+    keys = []
+    if by_session:
+        keys.append(Order.checkout_session_id == bindparam("session"))
+    if by_intent:
+        keys.append(Order.payment_intent_id == bindparam("intent"))
+    return select(Order).where(or_(*keys)).order_by(Order.id).with_for_update()
+
+
+# Built once per key combination: the webhook hot path runs them for every order event.
+_LOCK_ORDERS = {
+    (True, True): _lock_statement(True, True),
+    (True, False): _lock_statement(True, False),
+    (False, True): _lock_statement(False, True),
+}
+_LINK_ATTEMPTS = (
+    update(PaymentAttempt)
+    .where(
+        PaymentAttempt.payment_intent_id == bindparam("intent"),
+        PaymentAttempt.order_id.is_(None),
+    )
+    .values(order_id=bindparam("order_id"))
+)
+
+
 def lock_order(
     session: Session,
     *,
@@ -97,13 +122,11 @@ def lock_order(
     values.setdefault("created_at", utcnow())
     values["updated_at"] = values["created_at"]
     insert_ignore(session, Order, values)
-    keys = []
-    if checkout_session_id:
-        keys.append(Order.checkout_session_id == checkout_session_id)
-    if payment_intent_id:
-        keys.append(Order.payment_intent_id == payment_intent_id)
     rows = (
-        session.execute(select(Order).where(or_(*keys)).order_by(Order.id).with_for_update())
+        session.execute(
+            _LOCK_ORDERS[(bool(checkout_session_id), bool(payment_intent_id))],
+            {"session": checkout_session_id, "intent": payment_intent_id},
+        )
         .scalars()
         .all()
     )
@@ -121,12 +144,7 @@ def link_attempts(session: Session, order: Order) -> None:
     if order.payment_intent_id:
         # Needs only the order's id and PaymentIntent: no need to flush its other changes.
         session.connection().execute(
-            update(PaymentAttempt)
-            .where(
-                PaymentAttempt.payment_intent_id == order.payment_intent_id,
-                PaymentAttempt.order_id.is_(None),
-            )
-            .values(order_id=order.id)
+            _LINK_ATTEMPTS, {"intent": order.payment_intent_id, "order_id": order.id}
         )
 
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Engine, insert, select
+from sqlalchemy import Engine, bindparam, insert, select
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.orm import Session
 
@@ -31,6 +31,7 @@ log = logging.getLogger(__name__)
 MAX_BODY_BYTES = 256 * 1024
 # A plain table insert with values bound at execution: compiled once, cached.
 _INSERT_DELIVERY = insert(WebhookDelivery.__table__)  # type: ignore[arg-type]
+_EVENT_FOR_UPDATE = select(StripeEvent).where(StripeEvent.id == bindparam("id")).with_for_update()
 SIGNATURE_SCHEME = "v1"
 MAX_ERROR_CHARS = 500
 MAX_CREATED = 253402300799  # 9999-12-31T23:59:59Z, the last second a datetime can hold
@@ -235,9 +236,7 @@ def apply_event(session: Session, event: dict[str, Any], ctx: Context, source: s
     row_values = _event_row(event, source, now)
     row_values.update(status=status, processed_at=now, last_error=note)
     if not _insert_ignore(session, row_values):
-        row = session.execute(
-            select(StripeEvent).where(StripeEvent.id == event["id"]).with_for_update()
-        ).scalar_one()
+        row = session.execute(_EVENT_FOR_UPDATE, {"id": event["id"]}).scalar_one()
         row.deliveries += 1
         if row.status != "failed":
             return "duplicate"
