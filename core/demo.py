@@ -34,6 +34,7 @@ from sqlalchemy.orm import Session
 from core import risk
 from core.bursts import Rules
 from core.db import session_scope
+from core.fulfillment import FulfillmentDeferred
 from core.handlers import Context
 from core.models import Order, PaymentAttempt, StripeEvent, WebhookDelivery
 from core.webhooks import Rejection, apply_event, record_failure, safe_error, sign, verify
@@ -814,6 +815,10 @@ def demo_context(base: Context, incidents: Incidents, clock: Callable[[], dateti
     fails during the planned outages and for the planned orders."""
 
     def fulfiller(session: Session, order: Order) -> None:
+        if order.checkout_session_id in incidents.poison_sessions:
+            # The service answers, but cannot ship this order: it stays paid, unfulfilled,
+            # waiting for the guarded manual path.
+            raise FulfillmentDeferred("fulfilment service refused the order (out of stock)")
         if incidents.fulfilment_fails(order.checkout_session_id, clock()):
             raise FulfilmentUnavailable("fulfilment service unavailable (HTTP 503)")
         base.fulfiller(session, order)
