@@ -339,3 +339,15 @@ def currency_lines(frame: pd.DataFrame, *, title: str, key: str) -> None:
         )
     _layout(figure, title)
     st.plotly_chart(figure, key=key)
+
+
+def flash(key: str, message: str) -> None:
+    """Keep a success message across the rerun that shows the changed data."""
+    st.session_state[f"_flash_{key}"] = message
+
+
+def show_flash(key: str) -> None:
+    """Show (once) the message `flash` kept for this page."""
+    message = st.session_state.pop(f"_flash_{key}", None)
+    if message:
+        st.success(message)

@@ -9,11 +9,13 @@ import streamlit as st
 from core.access import allowed
 from core.fulfillment import ManualOutcome
 from dashboard import stripe_views as views
+from dashboard import widgets
 from dashboard.auth import require
 
 actor = require("fulfillment.request")
 st.title("Manual fulfillment")
 views.standin_notice()
+widgets.show_flash("fulfillment")
 st.caption(
     "Only for orders paid but not fulfilled (the fulfiller failed, a webhook was lost). "
     "Stripe is asked live before anything happens; refunded or disputed orders are refused."
@@ -21,8 +23,9 @@ st.caption(
 
 
 def show(outcome: ManualOutcome) -> None:
-    if outcome.ok:
-        st.success(outcome.message)
+    if outcome.ok:  # rerun so the tables above show the change
+        widgets.flash("fulfillment", outcome.message)
+        st.rerun()
     elif outcome.result == "already_fulfilled":
         st.info(outcome.message)
     else:

@@ -9,11 +9,13 @@ import streamlit as st
 
 from core.access import allowed
 from dashboard import stripe_views as views
+from dashboard import widgets
 from dashboard.auth import require
 
 actor = require("promotions.view")
 st.title("Promotion codes")
 views.standin_notice()
+widgets.show_flash("promotions")
 
 codes = views.promotion_codes(actor)
 per_day, per_code, watch = views.promotion_health(actor, codes)
@@ -84,8 +86,9 @@ if allowed(actor.role, "promotions.manage"):
         result, problems = views.create_code(actor, form)
         for problem in problems:
             st.error(problem)
-        if result is not None:
-            st.success(f"Created promotion code {code} ({result.result_id}).")
+        if result is not None:  # rerun so the list above shows the new code
+            widgets.flash("promotions", f"Created promotion code {code} ({result.result_id}).")
+            st.rerun()
 
     st.subheader("Deactivate or reactivate")
     if codes:
@@ -94,6 +97,7 @@ if allowed(actor.role, "promotions.manage"):
         verb = "Deactivate" if picked.active else "Reactivate"
         if st.button(f"{verb} {picked.code}", key="pc_toggle"):
             ok, message = views.set_code_active(actor, picked.id, not picked.active)
-            (st.success if ok else st.error)(message)
             if ok:
+                widgets.flash("promotions", message)
                 st.rerun()
+            st.error(message)

@@ -148,8 +148,8 @@ def browser() -> Iterator[Browser]:
             f"{CHROMIUM} is missing: the browser journey drives Debian's chromium. "
             "`make test` installs it (apt-get install chromium); never `playwright install`."
         )
-    shutil.rmtree(ARTIFACTS, ignore_errors=True)  # only this run's screenshots
-    ARTIFACTS.mkdir(parents=True)
+    # Shared with the other journeys: each overwrites its own files, none deletes the others'.
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
     print(f"\nbrowser screenshots: {ARTIFACTS}")
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(
