@@ -347,7 +347,9 @@ def flash(key: str, message: str) -> None:
 
 
 def show_flash(key: str) -> None:
-    """Show (once) the message `flash` kept for this page."""
+    """Show (once) the message `flash` kept for this page, in a slot that exists on every run,
+    so the elements below keep their places (no stale copies while the page reruns)."""
+    slot = st.empty()
     message = st.session_state.pop(f"_flash_{key}", None)
     if message:
-        st.success(message)
+        slot.success(message)

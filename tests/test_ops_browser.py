@@ -266,7 +266,7 @@ def test_admin_manages_a_code_and_approves_a_support_request(
             main.get_by_text(re.compile(rf"Created promotion code {code} \(promo_"))
         ).to_be_visible()
         shot(page, "ops-4-admin-created")
-        go(page, "Promotion codes")  # the list, read again from Stripe
+        # The page reran after the creation: the list, read again from Stripe, has the code.
         expect(main.get_by_text("2 codes, 2 active.")).to_be_visible()
         choose(main, "pc_pick", f"{code} (active)")
         shot(page, "ops-5-admin-code-listed")
