@@ -10,11 +10,6 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +21,7 @@ from playwright.sync_api import Browser, Page, expect, sync_playwright
 from core.db import make_engine
 from tests.conftest import SECRET
 from tests.support.apptest import PASSWORDS, write_users
+from tests.support.dashboard_server import streamlit_dashboard
 from tests.test_pages import JENNY, Facts, build_shop
 
 pytestmark = pytest.mark.browser
@@ -42,7 +38,6 @@ CHROMIUM_ARGS = [
     "--disable-sync",
     "--no-first-run",
 ]
-STARTUP_TIMEOUT_S = 60
 STEP_TIMEOUT_MS = 30_000
 ALL_PAGES = ("Overview", "Orders", "Payments", "Webhooks")
 # Which of the four data pages each demo role sees in its navigation (DESIGN.md "Roles").
@@ -60,28 +55,6 @@ class Dashboard:
     log: Path
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _wait_healthy(url: str, process: subprocess.Popen[bytes], log: Path) -> None:
-    deadline = time.monotonic() + STARTUP_TIMEOUT_S
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise AssertionError(f"streamlit exited with {process.returncode}:\n{log.read_text()}")
-        try:
-            with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as response:
-                if response.status == 200:
-                    return
-        except OSError:
-            time.sleep(0.3)
-    raise AssertionError(
-        f"streamlit did not answer within {STARTUP_TIMEOUT_S}s:\n{log.read_text()}"
-    )
-
-
 @pytest.fixture(scope="module")
 def dashboard(
     sqlite_template: Path, tmp_path_factory: pytest.TempPathFactory
@@ -96,48 +69,13 @@ def dashboard(
     engine.dispose()
     users = write_users(workdir / "users.yaml")
 
-    port = _free_port()
-    url = f"http://127.0.0.1:{port}"
     env = {
-        key: value
-        for key, value in os.environ.items()
-        if not key.startswith(("STRIPE_", "DATABASE_", "AUTH_", "APP_ENV"))
+        "DATABASE_URL": f"sqlite:///{database}",
+        "AUTH_CONFIG": str(users),
+        "STRIPE_WEBHOOK_SECRETS": SECRET,
     }
-    env.update(
-        DATABASE_URL=f"sqlite:///{database}",
-        AUTH_CONFIG=str(users),
-        APP_ENV="development",
-        STRIPE_WEBHOOK_SECRETS=SECRET,
-    )
-    log = workdir / "streamlit.log"
-    with log.open("wb") as output:
-        process = subprocess.Popen(
-            [
-                str(Path(sys.executable).parent / "streamlit"),
-                "run",
-                "dashboard/app.py",
-                "--server.address",
-                "127.0.0.1",
-                "--server.port",
-                str(port),
-                "--server.headless",
-                "true",
-            ],
-            cwd=ROOT,
-            env=env,
-            stdout=output,
-            stderr=subprocess.STDOUT,
-        )
-    try:
-        _wait_healthy(url, process, log)
+    with streamlit_dashboard(workdir, env) as (url, log):
         yield Dashboard(url, facts, log)
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=10)
 
 
 @pytest.fixture(scope="module")

@@ -9,11 +9,8 @@ Screenshots (ops-*.png) go to the same artifacts directory as the other journeys
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
-import subprocess
-import sys
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -35,15 +32,13 @@ from core.webhooks import receive
 from tests.conftest import SECRET
 from tests.support import stripe_objects as so
 from tests.support.apptest import write_users
+from tests.support.dashboard_server import streamlit_dashboard
 from tests.support.stripe_standin import demo_standin
 from tests.test_browser import (
     ARTIFACTS,
     CHROMIUM,
     CHROMIUM_ARGS,
-    ROOT,
     STEP_TIMEOUT_MS,
-    _free_port,
-    _wait_healthy,
     log_in,
     open_page,
     shot,
@@ -108,48 +103,13 @@ def ops_dashboard(
     waiting_order = build_shop(db_url)
     with demo_standin(db_url) as stripe_base:
         env = {
-            key: value
-            for key, value in os.environ.items()
-            if not key.startswith(("STRIPE_", "DATABASE_", "AUTH_", "APP_ENV"))
+            "DATABASE_URL": db_url,
+            "AUTH_CONFIG": str(write_users(workdir / "users.yaml")),
+            "STRIPE_WEBHOOK_SECRETS": SECRET,
+            "STRIPE_API_BASE": stripe_base,  # no STRIPE_SECRET_KEY: the offline stand-in
         }
-        env.update(
-            DATABASE_URL=db_url,
-            AUTH_CONFIG=str(write_users(workdir / "users.yaml")),
-            APP_ENV="development",
-            STRIPE_WEBHOOK_SECRETS=SECRET,
-            STRIPE_API_BASE=stripe_base,  # no STRIPE_SECRET_KEY: the offline stand-in
-        )
-        port = _free_port()
-        url = f"http://127.0.0.1:{port}"
-        log = workdir / "streamlit.log"
-        with log.open("wb") as output:
-            process = subprocess.Popen(
-                [
-                    str(Path(sys.executable).parent / "streamlit"),
-                    "run",
-                    "dashboard/app.py",
-                    "--server.address",
-                    "127.0.0.1",
-                    "--server.port",
-                    str(port),
-                    "--server.headless",
-                    "true",
-                ],
-                cwd=ROOT,
-                env=env,
-                stdout=output,
-                stderr=subprocess.STDOUT,
-            )
-        try:
-            _wait_healthy(url, process, log)
+        with streamlit_dashboard(workdir, env) as (url, log):
             yield OpsDashboard(url, db_url, waiting_order, log)
-        finally:
-            process.terminate()
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(timeout=10)
 
 
 @pytest.fixture(scope="module")

@@ -4,10 +4,7 @@ note, and see the flag leave the open list. Reuses the browser journey's helpers
 
 from __future__ import annotations
 
-import os
 import shutil
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,11 +16,9 @@ from core.db import make_engine, session_scope
 from core.models import AuditEntry, RiskFlag
 from tests.conftest import SECRET
 from tests.support.apptest import write_users
+from tests.support.dashboard_server import streamlit_dashboard
 from tests.test_browser import (
-    ROOT,
     STEP_TIMEOUT_MS,
-    _free_port,
-    _wait_healthy,
     browser,
     log_in,
     open_page,
@@ -45,47 +40,12 @@ def risk_dashboard(
     db_url = f"sqlite:///{database}"
     raise_flags(db_url)
     env = {
-        key: value
-        for key, value in os.environ.items()
-        if not key.startswith(("STRIPE_", "DATABASE_", "AUTH_", "APP_ENV"))
+        "DATABASE_URL": db_url,
+        "AUTH_CONFIG": str(write_users(workdir / "users.yaml")),
+        "STRIPE_WEBHOOK_SECRETS": SECRET,
     }
-    env.update(
-        DATABASE_URL=db_url,
-        AUTH_CONFIG=str(write_users(workdir / "users.yaml")),
-        APP_ENV="development",
-        STRIPE_WEBHOOK_SECRETS=SECRET,
-    )
-    port = _free_port()
-    url = f"http://127.0.0.1:{port}"
-    log = workdir / "streamlit.log"
-    with log.open("wb") as output:
-        process = subprocess.Popen(
-            [
-                str(Path(sys.executable).parent / "streamlit"),
-                "run",
-                "dashboard/app.py",
-                "--server.address",
-                "127.0.0.1",
-                "--server.port",
-                str(port),
-                "--server.headless",
-                "true",
-            ],
-            cwd=ROOT,
-            env=env,
-            stdout=output,
-            stderr=subprocess.STDOUT,
-        )
-    try:
-        _wait_healthy(url, process, log)
+    with streamlit_dashboard(workdir, env) as (url, _log):
         yield url, db_url
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=10)
 
 
 def test_finance_reviews_a_flag(risk_dashboard: tuple[str, str], browser: Browser) -> None:

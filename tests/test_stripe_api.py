@@ -45,6 +45,7 @@ from core.stripe_api import (
 )
 from core.webhooks import apply_event
 from tests.support import stripe_objects as so
+from tests.support.dashboard_server import free_port
 from tests.support.stripe_standin import FakeStripe
 
 ADMIN = Actor("alice", "admin")
@@ -293,15 +294,9 @@ def test_settings_choose_the_real_key_or_the_standin() -> None:
 # --- localstripe: PaymentIntents and coupons ----------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 def localstripe_url() -> Iterator[str]:
-    port = _free_port()
+    port = free_port()
     code = (
         "import aiohttp.web, localstripe.server; "
         f"aiohttp.web.run_app(localstripe.server.app, host='127.0.0.1', port={port}, print=None)"
