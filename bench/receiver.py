@@ -25,14 +25,11 @@ inserts the event id. Every phase lasts BENCH_SECONDS; every process stops by it
 from __future__ import annotations
 
 import ctypes
-import glob
 import importlib.util
 import json
 import math
 import os
-import pwd
 import queue
-import shutil
 import signal
 import socket
 import sqlite3
@@ -54,6 +51,7 @@ from bench.common import ROOT, write_section
 from core import migrate
 from core.db import make_engine
 from core.webhooks import sign
+from tests.support.postgres import PostgresServer
 
 SECRET = "whsec_bench_local_only_not_a_real_secret"
 FIXTURES = ROOT / "tests" / "fixtures"  # Stripe's example objects, read as data
@@ -277,67 +275,25 @@ def uvicorn_server(app: str, env: dict[str, str], workdir: Path) -> Iterator[Ser
             print(f"  {app} logged {len(errors)} lines, last: {errors[-1][:200]}")
 
 
-class Postgres:
-    """A throwaway PostgreSQL server with its normal durability settings (fsync and
-    synchronous_commit on): initdb into a temporary folder, 127.0.0.1, a free port."""
+@contextmanager
+def postgres() -> Iterator[PostgresServer]:
+    """A throwaway PostgreSQL with its normal durability (fsync and synchronous_commit on)."""
+    server = PostgresServer(durable=True).start()
+    try:
+        yield server
+    finally:
+        server.stop()
 
-    def __init__(self, workdir: Path) -> None:
-        found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
-        if not found:
-            raise RuntimeError("PostgreSQL is not installed (make system-deps installs it)")
-        self.bindir = Path(found[-1]).parent
-        self.root = workdir / "pg"
-        self.root.mkdir()
-        self.port = free_port()
-        self.as_user: str | None = None
-        if os.geteuid() == 0:  # PostgreSQL refuses to run as root
-            self.as_user = "postgres"
-            pw = pwd.getpwnam("postgres")
-            os.chown(self.root, pw.pw_uid, pw.pw_gid)
-        self.process: subprocess.Popen[bytes] | None = None
 
-    def __enter__(self) -> Postgres:
-        subprocess.run(
-            [str(self.bindir / "initdb"), "-D", str(self.root / "data"), "-U", "postgres",
-             "-A", "trust", "-E", "UTF8", "--no-sync"],  # --no-sync: initdb's own files only
-            check=True, capture_output=True, user=self.as_user, group=self.as_user,
-        )  # fmt: skip
-        self.process = subprocess.Popen(
-            [str(self.bindir / "postgres"), "-D", str(self.root / "data"), "-h", "127.0.0.1",
-             "-p", str(self.port), "-k", str(self.root), "-c", "max_connections=100"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-            preexec_fn=_dies_with_parent(signal.SIGINT),
-            user=self.as_user, group=self.as_user,
-        )  # fmt: skip
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            ready = subprocess.run(
-                [str(self.bindir / "pg_isready"), "-h", "127.0.0.1", "-p", str(self.port)],
-                capture_output=True,
-            )
-            if ready.returncode == 0:
-                return self
-            if self.process.poll() is not None:
-                raise RuntimeError("PostgreSQL exited during start-up")
-            time.sleep(0.1)
-        raise RuntimeError("PostgreSQL did not become ready in 30 s")
-
-    def __exit__(self, *_exc: object) -> None:
-        if self.process is not None:
-            _stop(self.process)
-
-    def url(self, database: str) -> str:
-        return f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/{database}"
-
-    def settings(self) -> str:
-        engine = make_engine(self.url("postgres"))
-        with engine.connect() as conn:
-            values = [
-                f"{name}={conn.execute(text(f'SHOW {name}')).scalar_one()}"
-                for name in ("fsync", "synchronous_commit", "full_page_writes", "wal_sync_method")
-            ]
-        engine.dispose()
-        return ", ".join(values)
+def postgres_settings(server: PostgresServer) -> str:
+    engine = make_engine(server.url("postgres"))
+    with engine.connect() as conn:
+        values = [
+            f"{name}={conn.execute(text(f'SHOW {name}')).scalar_one()}"
+            for name in ("fsync", "synchronous_commit", "full_page_writes", "wal_sync_method")
+        ]
+    engine.dispose()
+    return ", ".join(values)
 
 
 # --- Load ---------------------------------------------------------------------------------------
@@ -715,8 +671,8 @@ def main() -> None:
                 url = f"sqlite:///{workdir / 'receiver.db'}"
                 results.append(measure_receiver(name, config, pool, url, workdir))
             elif name == "postgres":
-                with Postgres(workdir) as pg:
-                    pg_settings = pg.settings()
+                with postgres() as pg:
+                    pg_settings = postgres_settings(pg)
                     admin = make_engine(pg.url("postgres"), isolation_level="AUTOCOMMIT")
                     with admin.connect() as conn:
                         conn.execute(text("CREATE DATABASE payments"))
@@ -724,7 +680,6 @@ def main() -> None:
                     results.append(
                         measure_receiver(name, config, pool, pg.url("payments"), workdir)
                     )
-                shutil.rmtree(workdir / "pg", ignore_errors=True)
             elif name == "floor":
                 results.append(measure_floor(config, pool, workdir))
             else:

@@ -28,7 +28,10 @@ def _bindir() -> Path:
 
 
 class PostgresServer:
-    def __init__(self) -> None:
+    def __init__(self, *, durable: bool = False) -> None:
+        """`durable=False` (tests) turns fsync and synchronous commit off for speed;
+        benchmarks pass True to measure PostgreSQL with its normal durability."""
+        self.durable = durable
         self.bindir = _bindir()
         self.port = free_port()
         self.root = Path(tempfile.mkdtemp(prefix="pgtest-"))
@@ -73,14 +76,7 @@ class PostgresServer:
                 str(self.port),
                 "-k",
                 str(self.root),
-                "-c",
-                "fsync=off",
-                "-c",
-                "synchronous_commit=off",
-                "-c",
-                "full_page_writes=off",
-                "-c",
-                "max_connections=300",
+                *self._options(),
             ),
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -98,6 +94,13 @@ class PostgresServer:
                 raise RuntimeError("PostgreSQL exited during start-up")
             time.sleep(0.1)
         raise RuntimeError("PostgreSQL did not become ready in 30 s")
+
+    def _options(self) -> list[str]:
+        options = ["-c", "max_connections=300"]
+        if not self.durable:
+            options += ["-c", "fsync=off", "-c", "synchronous_commit=off"]
+            options += ["-c", "full_page_writes=off"]
+        return options
 
     def _watch_parent(self) -> None:
         """Stop the server by itself if the test run dies without calling stop()."""
