@@ -4,6 +4,8 @@ directly with a reason and the typed order id. Every attempt is audited."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import streamlit as st
 
 from core.access import allowed
@@ -32,6 +34,25 @@ def show(outcome: ManualOutcome) -> None:
         st.error(outcome.message)
 
 
+def order_form(
+    form: str, prefix: str, reason_label: str, button: str,
+    act: Callable[[int, str, str], ManualOutcome],
+) -> None:  # fmt: skip
+    """An order id, a written reason and the order id typed again, then `act`."""
+    with st.form(form):
+        order_id = st.number_input(
+            "Order id", min_value=1, step=1, value=None, key=f"{prefix}_order"
+        )
+        reason = st.text_area(reason_label, key=f"{prefix}_reason")
+        typed = st.text_input("Type the order id again to confirm", key=f"{prefix}_confirm")
+        submitted = st.form_submit_button(button)
+    if submitted:
+        if order_id is None:
+            st.error("Enter the order id.")
+        else:
+            show(act(int(order_id), reason, typed))
+
+
 st.subheader("Orders paid but not fulfilled")
 awaiting = views.awaiting_orders(actor)
 if awaiting.empty:
@@ -40,16 +61,10 @@ else:
     st.dataframe(awaiting, hide_index=True, key="mf_awaiting")
 
 st.subheader("Request a manual fulfillment")
-with st.form("mf_request_form", clear_on_submit=False):
-    order_id = st.number_input("Order id", min_value=1, step=1, value=None, key="mf_order")
-    reason = st.text_area("Reason (what failed, who asked)", key="mf_reason")
-    typed = st.text_input("Type the order id again to confirm", key="mf_confirm")
-    asked = st.form_submit_button("Request fulfillment")
-if asked:
-    if order_id is None:
-        st.error("Enter the order id.")
-    else:
-        show(views.request_fulfillment(actor, int(order_id), reason, typed))
+order_form(
+    "mf_request_form", "mf", "Reason (what failed, who asked)", "Request fulfillment",
+    lambda order_id, reason, typed: views.request_fulfillment(actor, order_id, reason, typed),
+)  # fmt: skip
 
 if allowed(actor.role, "fulfillment.approve"):
     st.subheader("Requests waiting for approval")
@@ -78,16 +93,10 @@ if allowed(actor.role, "fulfillment.approve"):
                 show(views.reject(actor, request.id, note))
 
     st.subheader("Fulfil directly")
-    with st.form("mf_perform_form"):
-        direct_id = st.number_input("Order id", min_value=1, step=1, value=None, key="mf_d_order")
-        direct_reason = st.text_area("Reason", key="mf_d_reason")
-        direct_typed = st.text_input("Type the order id again to confirm", key="mf_d_confirm")
-        go = st.form_submit_button("Fulfil now")
-    if go:
-        if direct_id is None:
-            st.error("Enter the order id.")
-        else:
-            show(views.perform(actor, int(direct_id), direct_reason, direct_typed))
+    order_form(
+        "mf_perform_form", "mf_d", "Reason", "Fulfil now",
+        lambda order_id, reason, typed: views.perform(actor, order_id, reason, typed),
+    )  # fmt: skip
 
 st.subheader("Recent requests")
 recent = views.requests(actor, pending_only=False)

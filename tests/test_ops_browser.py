@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from playwright.sync_api import Browser, Locator, Page, expect, sync_playwright
+from playwright.sync_api import Browser, Locator, Page, expect
 from playwright.sync_api import TimeoutError as PlaywrightTimeoutError
 from sqlalchemy import Engine, or_, select
 from sqlalchemy.orm import Session
@@ -36,15 +36,15 @@ from tests.support.dashboard_server import streamlit_dashboard
 from tests.support.stripe_standin import demo_standin
 from tests.test_browser import (
     ARTIFACTS,
-    CHROMIUM,
-    CHROMIUM_ARGS,
     STEP_TIMEOUT_MS,
+    browser,
     log_in,
     open_page,
     shot,
 )
 
 pytestmark = pytest.mark.browser
+__all__ = ["browser"]  # the module-scoped chromium fixture
 
 WAITING_EMAIL = "wanda@example.com"
 WAITING_AMOUNT = 4500
@@ -112,30 +112,6 @@ def ops_dashboard(
             yield OpsDashboard(url, db_url, waiting_order, log)
 
 
-@pytest.fixture(scope="module")
-def ops_browser() -> Iterator[Browser]:
-    """Chromium as in tests/test_browser.py, but clearing only this journey's screenshots (the
-    shared fixture empties the whole directory, other journeys' screenshots included)."""
-    expect.set_options(timeout=STEP_TIMEOUT_MS)
-    if not CHROMIUM.exists():
-        pytest.fail(
-            f"{CHROMIUM} is missing: the browser journey drives Debian's chromium. "
-            "`make test` installs it (apt-get install chromium); never `playwright install`."
-        )
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    for old in ARTIFACTS.glob("ops-*"):
-        old.unlink()
-    print(f"\nbrowser screenshots: {ARTIFACTS}")
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(
-            executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True
-        )
-        try:
-            yield browser
-        finally:
-            browser.close()
-
-
 def log_out(page: Page) -> None:
     page.get_by_test_id("stSidebar").get_by_role("button", name="Log out").click()
     expect(page.get_by_role("button", name="Log in")).to_be_visible()
@@ -186,11 +162,11 @@ def choose(main: Locator, key: str, option: str) -> None:
 
 
 def test_admin_manages_a_code_and_approves_a_support_request(
-    ops_dashboard: OpsDashboard, ops_browser: Browser
+    ops_dashboard: OpsDashboard, browser: Browser
 ) -> None:
     order_id = ops_dashboard.waiting_order
     code = f"BROWSER15-{uuid.uuid4().hex[:6].upper()}"
-    context = ops_browser.new_context(viewport={"width": 1400, "height": 2000})
+    context = browser.new_context(viewport={"width": 1400, "height": 2000})
     context.set_default_timeout(STEP_TIMEOUT_MS)
     page = context.new_page()
     main = page.get_by_test_id("stMain")
