@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import bindparam, select
+from sqlalchemy import Table, bindparam, select, update
 from sqlalchemy.orm import Session
 
 from core import orders
@@ -20,7 +20,7 @@ from core.db import insert_ignore
 from core.fulfillment import Fulfiller, fulfill, record_only
 from core.models import Order, PaymentAttempt, utcnow
 
-AttemptHook = Callable[[Session, PaymentAttempt], None]
+AttemptHook = Callable[[Session, "RecordedAttempt"], None]
 
 
 @dataclass(frozen=True)
@@ -99,10 +99,11 @@ def _order_from_session(session: Session, event: dict[str, Any]) -> Order:
     details = _dict(obj.get("customer_details"))
     email = _str(details.get("email"), 320) or _str(obj.get("customer_email"), 320)
     created = _time(obj.get("created"), event_time(event))
+    intent_id = _id(obj.get("payment_intent"))
     order = orders.lock_order(
         session,
         checkout_session_id=cs_id,
-        payment_intent_id=_id(obj.get("payment_intent")),
+        payment_intent_id=intent_id,
         defaults={"created_at": created, "livemode": bool(obj.get("livemode"))},
     )
     # Descriptive fields: fill what is known, never blank out what an earlier event said.
@@ -120,7 +121,8 @@ def _order_from_session(session: Session, event: dict[str, Any]) -> Order:
     if code:
         order.promotion_code = code
     order.created_at = min(order.created_at, created)
-    orders.link_attempts(session, order)
+    if intent_id:
+        orders.link_attempts(session, order, intent_id)
     return order
 
 
@@ -253,36 +255,100 @@ def _intent_attempt(intent: dict[str, Any], event: dict[str, Any]) -> dict[str, 
     return values
 
 
+@dataclass(frozen=True)
+class RecordedAttempt:
+    """A payment attempt as this event left it, for the hooks (burst detection).
+
+    `moved_from` is the attempt's previous `created` when this event moved it earlier (a
+    charge stamped before its PaymentIntent's event arrived later), else None."""
+
+    id: str
+    outcome: str
+    created: datetime
+    order_id: int | None
+    card_fingerprint: str | None
+    customer_id: str | None
+    email: str | None
+    ip_address: str | None
+    promotion_code: str | None
+    moved_from: datetime | None = None
+
+    @classmethod
+    def of(cls, row: dict[str, Any], moved_from: datetime | None = None) -> RecordedAttempt:
+        return cls(
+            id=row["id"],
+            outcome=row["outcome"],
+            created=row["created"],
+            order_id=row["order_id"],
+            card_fingerprint=row["card_fingerprint"],
+            customer_id=row["customer_id"],
+            email=row["email"],
+            ip_address=row["ip_address"],
+            promotion_code=row["promotion_code"],
+            moved_from=moved_from,
+        )
+
+
 # Built once: constructing a statement costs more than running it on the webhook hot path.
-_ATTEMPT_FOR_UPDATE = (
-    select(PaymentAttempt).where(PaymentAttempt.id == bindparam("id")).with_for_update()
-)
+# Plain Core statements, no ORM unit of work: an attempt is one row merged column by column.
+_ATTEMPTS: Table = PaymentAttempt.__table__  # type: ignore[assignment]
+_ATTEMPT_FOR_UPDATE = select(_ATTEMPTS).where(_ATTEMPTS.c.id == bindparam("id")).with_for_update()
 _ORDER_ID_BY_INTENT = select(Order.id).where(Order.payment_intent_id == bindparam("intent"))
+# What a later event of the same attempt may fill in (never overwrite): outcome and event_id
+# belong to the first record, `created` only moves earlier.
+_MERGED = tuple(
+    c.name for c in _ATTEMPTS.columns if c.name not in ("id", "outcome", "event_id", "created")
+)
+_UPDATE_ATTEMPT = (
+    update(_ATTEMPTS)
+    .where(_ATTEMPTS.c.id == bindparam("attempt_id"))
+    .values({name: bindparam(name) for name in (*_MERGED, "created")})
+)
+
+
+def _order_id(session: Session, payment_intent_id: str) -> int | None:
+    orders.lock_payment_intent(session, payment_intent_id)
+    order_id: int | None = (
+        session.connection()
+        .execute(_ORDER_ID_BY_INTENT, {"intent": payment_intent_id})
+        .scalar_one_or_none()
+    )
+    return order_id
 
 
 def record_attempt(
     session: Session, values: dict[str, Any], event: dict[str, Any], ctx: Context
-) -> PaymentAttempt:
+) -> RecordedAttempt:
     """Insert or complete one attempt: a charge and its PaymentIntent describe the same attempt,
     each with fields the other lacks, so known values are merged and never erased."""
     if not values["id"]:
         raise ValueError(f"{event['type']} without an object id")
-    values["event_id"] = event["id"]
-    insert_ignore(session, PaymentAttempt, values, ["id"])
-    attempt = session.execute(_ATTEMPT_FOR_UPDATE, {"id": values["id"]}).scalar_one()
-    for key, value in values.items():
-        if key in ("id", "created", "event_id", "outcome"):
-            continue
-        if value is not None and getattr(attempt, key) in (None, 0):
-            setattr(attempt, key, value)
-    attempt.created = min(attempt.created, values["created"])
-    if attempt.order_id is None and attempt.payment_intent_id:
-        attempt.order_id = session.execute(
-            _ORDER_ID_BY_INTENT, {"intent": attempt.payment_intent_id}
-        ).scalar_one_or_none()
+    conn = session.connection()
+    row = {name: None for name in _MERGED} | values
+    row["event_id"] = event["id"]
+    if row["payment_intent_id"]:
+        row["order_id"] = _order_id(session, row["payment_intent_id"])
+    moved_from = None
+    if not insert_ignore(session, PaymentAttempt, row, ["id"]):
+        stored = dict(conn.execute(_ATTEMPT_FOR_UPDATE, {"id": row["id"]}).one()._mapping)
+        merged = dict(stored)
+        for name in _MERGED:
+            if row[name] is not None and stored[name] in (None, 0):
+                merged[name] = row[name]
+        if row["created"] < stored["created"]:
+            merged["created"], moved_from = row["created"], stored["created"]
+        if merged["order_id"] is None and merged["payment_intent_id"] not in (
+            None,
+            row["payment_intent_id"],
+        ):
+            merged["order_id"] = _order_id(session, merged["payment_intent_id"])
+        if merged != stored:
+            conn.execute(_UPDATE_ATTEMPT, {"attempt_id": row["id"], **merged})
+        row = merged
+    recorded = RecordedAttempt.of(row, moved_from)
     for hook in ctx.on_attempt:
-        hook(session, attempt)
-    return attempt
+        hook(session, recorded)
+    return recorded
 
 
 def on_charge(session: Session, event: dict[str, Any], ctx: Context) -> None:

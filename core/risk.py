@@ -38,7 +38,6 @@ from sqlalchemy import (
     delete,
     func,
     insert,
-    inspect,
     select,
     text,
     update,
@@ -48,6 +47,7 @@ from sqlalchemy.orm import Session
 from core import audit, bursts
 from core.access import Actor, mask_email, require
 from core.bursts import BY_TIME, ENTITY_COLUMNS, EntityKind, Pattern, Point, Rules, Stored, Window
+from core.handlers import RecordedAttempt
 from core.models import PaymentAttempt, RiskFlag, UTCDateTime, utcnow
 from core.settings import Settings
 
@@ -225,30 +225,24 @@ def _apply(
 # --- Incremental: one attempt ------------------------------------------------------------------
 
 
-def attempt_hook(rules: Rules) -> Callable[[Session, PaymentAttempt], None]:
+def attempt_hook(rules: Rules) -> Callable[[Session, RecordedAttempt], None]:
     """The `Context.on_attempt` hook for these rules."""
 
-    def hook(session: Session, attempt: PaymentAttempt) -> None:
+    def hook(session: Session, attempt: RecordedAttempt) -> None:
         on_attempt(session, attempt, rules)
 
     return hook
 
 
-def _moved_from(attempt: PaymentAttempt) -> datetime | None:
-    """The attempt's previous `created` when this transaction moved it (an earlier-stamped event
-    of the same attempt arrived later): hits around the old time must be recomputed too."""
-    history = inspect(attempt).attrs.created.history
-    old = [t for t in history.deleted if isinstance(t, datetime)]
-    return old[0] if old else None
-
-
 def on_attempt(
-    session: Session, attempt: PaymentAttempt, rules: Rules, now: datetime | None = None
+    session: Session, attempt: RecordedAttempt, rules: Rules, now: datetime | None = None
 ) -> Changes:
     """Bring the flags of `attempt`'s entities up to date, inside the caller's transaction."""
     if attempt.outcome != "failed":
         return Changes()  # outcomes never change, so a success adds nothing to any window
-    moved = _moved_from(attempt)  # read before any query flushes the change
+    # An attempt moved earlier (its charge arrived after its PaymentIntent) can also lose hits
+    # around its old time: those are recomputed too.
+    moved = attempt.moved_from
     entities = [
         (kind, value)
         for kind, column in ENTITY_COLUMNS.items()
