@@ -14,6 +14,7 @@ import json
 import logging
 import time
 from collections.abc import Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -272,6 +273,16 @@ def safe_error(exc: BaseException) -> str:
     return text[:MAX_ERROR_CHARS]
 
 
+@dataclass(frozen=True)
+class Delivery:
+    """One HTTP request to the webhook endpoint, as the receiver read it."""
+
+    payload: bytes
+    header: str | None
+    remote_addr: str | None = None
+    too_large: bool = False
+
+
 def receive(
     engine: Engine,
     payload: bytes,
@@ -284,69 +295,135 @@ def receive(
     too_large: bool = False,
 ) -> Outcome:
     """The whole webhook path for one HTTP request. Never raises for bad input."""
+    delivery = Delivery(payload, header, remote_addr, too_large)
+    return receive_many(engine, [delivery], secrets=secrets, tolerance=tolerance, ctx=ctx)[0]
+
+
+def receive_many(
+    engine: Engine,
+    deliveries: Sequence[Delivery],
+    *,
+    secrets: Sequence[str],
+    tolerance: int,
+    ctx: Context,
+) -> list[Outcome]:
+    """The webhook path for deliveries that arrived together, with one commit (group commit).
+
+    Each event is applied inside its own savepoint: its event row, handler effects and delivery
+    row stand or fall together, exactly as if it had a transaction of its own, and a handler
+    error rolls back that event alone, which then gets its failed delivery row. One commit for
+    the lot saves what dominates a small transaction (the commit writes every page it touched)
+    and nothing is answered before that commit. Never raises for bad input; when the database
+    is unavailable every verified delivery of the group is answered 503."""
+    outcomes: list[Outcome] = []
+    verified: list[int] = []
+    grouped = len(deliveries) > 1
+    try:
+        with session_scope(engine) as session:
+            for delivery in deliveries:
+                outcome = _receive_one(session, delivery, secrets, tolerance, ctx, grouped)
+                if outcome.event_id is not None:
+                    verified.append(len(outcomes))
+                outcomes.append(outcome)
+        return outcomes
+    except (OperationalError, DBAPIError) as exc:
+        unavailable = _is_unavailable(exc)
+        error = safe_error(exc.orig if exc.orig is not None else exc)
+    except Exception as exc:  # a failed commit: nothing of the group was written
+        unavailable, error = False, safe_error(exc)
+    log.error("webhook group of %d not written: %s", len(deliveries), error)
+    failed = (
+        Outcome(503, "error", "database_unavailable")
+        if unavailable
+        else Outcome(500, "error", "processing_failed")
+    )
+    for index in verified:
+        outcomes[index] = Outcome(
+            failed.status, failed.result, failed.reason, outcomes[index].event_id
+        )
+    # A rejection is answered even when it could not be recorded; unprocessed ones too.
+    outcomes += [
+        _rejection_only(d, secrets, tolerance, ctx, failed) for d in deliveries[len(outcomes) :]
+    ]
+    return outcomes
+
+
+def _receive_one(
+    session: Session,
+    delivery: Delivery,
+    secrets: Sequence[str],
+    tolerance: int,
+    ctx: Context,
+    grouped: bool,
+) -> Outcome:
     started = time.perf_counter()
     received_at = ctx.now()
 
-    def delivery(**values: Any) -> dict[str, Any]:
+    def row(**values: Any) -> dict[str, Any]:
         return {
             "received_at": received_at,
-            "remote_addr": remote_addr,
-            "body_bytes": len(payload),
+            "remote_addr": delivery.remote_addr,
+            "body_bytes": len(delivery.payload),
             "duration_ms": (time.perf_counter() - started) * 1000,
             **values,
         }
 
     try:
-        if too_large:
-            raise _reject("body_too_large", 413)
-        event = verify(payload, header, secrets, tolerance, now=received_at.timestamp())
+        event = _verify_delivery(delivery, secrets, tolerance, received_at.timestamp())
     except Rejection as rejection:
         outcome = Outcome(rejection.status, "rejected", rejection.reason)
-        _write_rejection(engine, delivery, outcome)
+        session.execute(
+            _INSERT_DELIVERY,
+            row(
+                verified=False,
+                rejection_reason=outcome.reason,
+                http_status=outcome.status,
+                outcome="rejected",
+            ),
+        )
         return outcome
 
     base = {"event_id": event["id"], "event_type": event["type"], "verified": True}
     try:
-        with session_scope(engine) as session:
+        # In a group, the session's own savepoint (a failed flush inside it rolls back to here
+        # only); alone, the transaction itself.
+        with session.begin_nested() if grouped else nullcontext():
             result = apply_event(session, event, ctx, "webhook")
-            status = 200
-            session.execute(_INSERT_DELIVERY, delivery(**base, http_status=status, outcome=result))
-        return Outcome(status, result, event_id=event["id"])
-    except (OperationalError, DBAPIError) as exc:
-        if _is_unavailable(exc):
-            log.error("webhook %s: database unavailable", event["id"])
-            return Outcome(503, "error", "database_unavailable", event_id=event["id"])
-        error = safe_error(exc.orig if exc.orig is not None else exc)
     except Exception as exc:
-        error = safe_error(exc)
+        if grouped:
+            session.expunge_all()  # objects loaded or changed by the rolled-back event
+        else:
+            session.rollback()  # the next statement begins a new transaction
+        if isinstance(exc, DBAPIError) and _is_unavailable(exc):
+            raise
+        error = safe_error(exc.orig if isinstance(exc, DBAPIError) and exc.orig else exc)
+        log.error("webhook %s (%s) failed: %s", event["id"], event["type"], error)
+        record_failure(session, event, error, received_at)
+        session.execute(
+            _INSERT_DELIVERY, row(**base, http_status=500, outcome="failed", error=error)
+        )
+        return Outcome(500, "error", "processing_failed", event_id=event["id"])
+    session.execute(_INSERT_DELIVERY, row(**base, http_status=200, outcome=result))
+    return Outcome(200, result, event_id=event["id"])
 
-    log.error("webhook %s (%s) failed: %s", event["id"], event["type"], error)
+
+def _verify_delivery(
+    delivery: Delivery, secrets: Sequence[str], tolerance: int, now: float
+) -> dict[str, Any]:
+    if delivery.too_large:
+        raise _reject("body_too_large", 413)
+    return verify(delivery.payload, delivery.header, secrets, tolerance, now=now)
+
+
+def _rejection_only(
+    delivery: Delivery, secrets: Sequence[str], tolerance: int, ctx: Context, failed: Outcome
+) -> Outcome:
+    """The answer for a delivery the failed group never reached: its rejection, or `failed`."""
     try:
-        with session_scope(engine) as session:
-            record_failure(session, event, error, received_at)
-            session.execute(
-                _INSERT_DELIVERY, delivery(**base, http_status=500, outcome="failed", error=error)
-            )
-    except Exception as exc:
-        log.error("webhook %s: could not record the failure: %s", event["id"], safe_error(exc))
-    return Outcome(500, "error", "processing_failed", event_id=event["id"])
-
-
-def _write_rejection(engine: Engine, delivery: Any, outcome: Outcome) -> None:
-    try:
-        with session_scope(engine) as session:
-            session.execute(
-                _INSERT_DELIVERY,
-                delivery(
-                    verified=False,
-                    rejection_reason=outcome.reason,
-                    http_status=outcome.status,
-                    outcome="rejected",
-                ),
-            )
-    except Exception as exc:
-        # A rejection is answered even when it cannot be recorded.
-        log.error("could not record a rejected delivery (%s): %s", outcome.reason, safe_error(exc))
+        event = _verify_delivery(delivery, secrets, tolerance, ctx.now().timestamp())
+    except Rejection as rejection:
+        return Outcome(rejection.status, "rejected", rejection.reason)
+    return Outcome(failed.status, failed.result, failed.reason, event["id"])
 
 
 def _is_unavailable(exc: DBAPIError) -> bool:

@@ -5,10 +5,11 @@ uvicorn receiver.app:app --host 127.0.0.1 --port 8000
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
@@ -30,7 +31,6 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from core import webhooks
 from core.db import get_engine, is_sqlite
-from core.handlers import Context
 from core.prom import SignalsCollector
 from core.runtime import webhook_context
 from core.settings import ConfigError, Settings, get_settings
@@ -38,13 +38,59 @@ from core.settings import ConfigError, Settings, get_settings
 log = logging.getLogger("receiver")
 
 
+MAX_GROUP = 64  # deliveries per group commit: bounds the wait of the first one in a group
+
+
 @dataclass
 class State:
-    settings: Settings
     engine: Engine
-    secrets: list[str]
-    ctx: Context
-    serial: bool
+    writer: GroupWriter
+
+
+class GroupWriter:
+    """Group commit: one writer per process; deliveries that arrive while it writes a group
+    wait and go together in the next one (core.webhooks.receive_many), each answered only
+    after the commit that holds it. Alone, a delivery is written at once, by itself.
+
+    SQLite takes one writer at a time, so its groups are written on the event loop (a thread
+    would only add hand-offs); PostgreSQL's are written in a thread, the loop reading on."""
+
+    def __init__(self, write: Callable[[list[webhooks.Delivery]], list[webhooks.Outcome]],
+                 on_loop: bool) -> None:  # fmt: skip
+        self.write = write
+        self.on_loop = on_loop
+        self.waiting: list[tuple[webhooks.Delivery, asyncio.Future[webhooks.Outcome]]] = []
+        self.busy = False
+
+    async def submit(self, delivery: webhooks.Delivery) -> webhooks.Outcome:
+        future = asyncio.get_running_loop().create_future()
+        self.waiting.append((delivery, future))
+        if not self.busy:
+            self.busy = True
+            asyncio.get_running_loop().create_task(self._drain())
+        # Shielded: a client that hangs up does not stop its delivery from being written.
+        return await asyncio.shield(future)
+
+    async def _drain(self) -> None:
+        try:
+            while self.waiting:
+                group, self.waiting = self.waiting[:MAX_GROUP], self.waiting[MAX_GROUP:]
+                deliveries = [delivery for delivery, _ in group]
+                try:
+                    if self.on_loop:
+                        outcomes = self.write(deliveries)
+                    else:
+                        outcomes = await run_in_threadpool(self.write, deliveries)
+                except Exception:  # receive_many answers every failure itself; this is a bug
+                    log.exception("webhook group writer failed")
+                    outcomes = [webhooks.Outcome(500, "error", "processing_failed")] * len(group)
+                for (_, future), outcome in zip(group, outcomes, strict=True):
+                    future.set_result(outcome)
+                # Let the loop read the requests that arrived meanwhile: they join the next group.
+                await asyncio.sleep(0)
+                await asyncio.sleep(0)
+        finally:
+            self.busy = False
 
 
 class Metrics:
@@ -96,27 +142,27 @@ def create_app(settings: Settings | None = None) -> Starlette:
             refusal.append(str(exc))
             raise
         engine = get_engine(conf.database_url)
-        state["s"] = State(conf, engine, secrets, webhook_context(conf), is_sqlite(engine))
+        write = functools.partial(
+            webhooks.receive_many,
+            engine,
+            secrets=secrets,
+            tolerance=conf.stripe_webhook_tolerance,
+            ctx=webhook_context(conf),
+        )
+        state["s"] = State(engine, GroupWriter(write, on_loop=is_sqlite(engine)))
         yield
 
     async def stripe_webhook(request: Request) -> Response:
         s = state["s"]
         started = time.perf_counter()
         body, too_large = await _read_capped(request, webhooks.MAX_BODY_BYTES)
-        process = functools.partial(
-            webhooks.receive,
-            s.engine,
+        delivery = webhooks.Delivery(
             body,
             request.headers.get("stripe-signature"),
-            secrets=s.secrets,
-            tolerance=s.settings.stripe_webhook_tolerance,
-            ctx=s.ctx,
             remote_addr=request.client.host if request.client else None,
             too_large=too_large,
         )
-        # SQLite takes one writer at a time: handing each delivery to a thread only adds
-        # hand-offs and lock waits, so it runs on the loop. PostgreSQL writes in parallel.
-        outcome = process() if s.serial else await run_in_threadpool(process)
+        outcome = await s.writer.submit(delivery)
         metrics.deliveries.labels(outcome.result, outcome.reason or "").inc()
         metrics.latency.labels(outcome.result).observe(time.perf_counter() - started)
         return JSONResponse(outcome.body(), status_code=outcome.status)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import itertools
 import shutil
 from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 import pytest
@@ -98,8 +99,8 @@ def pg_template(pg_server: PostgresServer) -> str:
     return "payments_template"
 
 
-@pytest.fixture
-def pg_url(pg_server: PostgresServer, pg_template: str) -> Iterator[str]:
+@contextmanager
+def _pg_database(pg_server: PostgresServer, pg_template: str) -> Iterator[str]:
     name = f"payments_test_{next(_db_names)}"
     admin = make_engine(pg_server.url(), isolation_level="AUTOCOMMIT")
     with admin.connect() as conn:
@@ -108,6 +109,12 @@ def pg_url(pg_server: PostgresServer, pg_template: str) -> Iterator[str]:
     with admin.connect() as conn:
         conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
     admin.dispose()
+
+
+@pytest.fixture
+def pg_url(pg_server: PostgresServer, pg_template: str) -> Iterator[str]:
+    with _pg_database(pg_server, pg_template) as url:
+        yield url
 
 
 @pytest.fixture
@@ -129,3 +136,22 @@ def engine(db_url: str) -> Iterator[Engine]:
     engine = make_engine(db_url)
     yield engine
     engine.dispose()
+
+
+@pytest.fixture
+def other_engine(db_url: str, request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engine]:
+    """A second fresh database of the same kind as `engine`'s, to compare two runs."""
+    with ExitStack() as stack:
+        if db_url.startswith("sqlite"):
+            path = tmp_path / "other.db"
+            shutil.copyfile(request.getfixturevalue("sqlite_template"), path)
+            url = f"sqlite:///{path}"
+        else:
+            url = stack.enter_context(
+                _pg_database(
+                    request.getfixturevalue("pg_server"), request.getfixturevalue("pg_template")
+                )
+            )
+        engine = make_engine(url)
+        yield engine
+        engine.dispose()

@@ -1,0 +1,67 @@
+"""The receiver's group writer: concurrent deliveries share a commit, each gets its own answer."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from core.webhooks import Delivery, Outcome
+from receiver.app import MAX_GROUP, GroupWriter
+
+
+def _writer(groups: list[list[bytes]], on_loop: bool) -> GroupWriter:
+    def write(deliveries: list[Delivery]) -> list[Outcome]:
+        groups.append([d.payload for d in deliveries])
+        return [Outcome(200, "processed", event_id=d.payload.decode()) for d in deliveries]
+
+    return GroupWriter(write, on_loop=on_loop)
+
+
+@pytest.mark.parametrize("on_loop", [True, False], ids=["on the loop", "in a thread"])
+def test_concurrent_deliveries_share_groups_and_keep_their_own_answers(on_loop: bool) -> None:
+    groups: list[list[bytes]] = []
+    writer = _writer(groups, on_loop)
+    count = MAX_GROUP * 2 + 5
+
+    async def send_all() -> list[Outcome]:
+        return await asyncio.gather(
+            *(writer.submit(Delivery(f"evt_{i}".encode(), None)) for i in range(count))
+        )
+
+    outcomes = asyncio.run(send_all())
+    assert [o.event_id for o in outcomes] == [f"evt_{i}" for i in range(count)]
+    assert [p for group in groups for p in group] == [f"evt_{i}".encode() for i in range(count)]
+    assert max(len(g) for g in groups) == MAX_GROUP  # grouped, and never beyond the cap
+    assert not writer.busy
+
+
+def test_a_lone_delivery_is_written_at_once_by_itself() -> None:
+    groups: list[list[bytes]] = []
+    writer = _writer(groups, on_loop=True)
+
+    async def one_by_one() -> None:
+        for i in range(3):
+            assert (await writer.submit(Delivery(f"evt_{i}".encode(), None))).status == 200
+
+    asyncio.run(one_by_one())
+    assert groups == [[b"evt_0"], [b"evt_1"], [b"evt_2"]]
+
+
+def test_a_writer_bug_answers_500_and_the_writer_keeps_working() -> None:
+    calls: list[int] = []
+
+    def write(deliveries: list[Delivery]) -> list[Outcome]:
+        calls.append(len(deliveries))
+        if len(calls) == 1:
+            raise RuntimeError("bug")
+        return [Outcome(200, "processed")] * len(deliveries)
+
+    writer = GroupWriter(write, on_loop=True)
+
+    async def twice() -> list[int]:
+        first = await writer.submit(Delivery(b"a", None))
+        second = await writer.submit(Delivery(b"b", None))
+        return [first.status, second.status]
+
+    assert asyncio.run(twice()) == [500, 200]
