@@ -20,7 +20,7 @@ from core.access import BAD_CREDENTIALS, LOCKED_OUT, LOCKOUT_FAILURES
 from core.db import make_engine, session_scope
 from core.models import AuditEntry
 from dashboard.app import PAGES
-from dashboard.auth import TOKEN_KEY, UNAVAILABLE
+from dashboard.auth import LOGOUT_KEY, TOKEN_KEY, UNAVAILABLE
 from tests.support.apptest import (
     PASSWORDS,
     app_as,
@@ -190,7 +190,7 @@ def test_logout_ends_the_session_for_every_copy(db_url: str) -> None:
     copy = copied_session(at)
     assert logged_in(copy.run())  # the copy works while the session lives
 
-    at.sidebar.button(key="logout").click().run()
+    at.sidebar.button(key=LOGOUT_KEY).click().run()
     assert shows_login_form(at) and nav_titles(at) == []
 
     reset_caches()
