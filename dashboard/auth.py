@@ -152,6 +152,13 @@ def cookie_actor(claims: object) -> Actor | None:
     return actor if actor is not None and actor.username == username else None
 
 
+def cookie_value(username: str, token: str, expires: datetime) -> str:
+    """The login cookie: streamlit-authenticator's JWT (`username`, `exp_date`, HS256 with
+    COOKIE_KEY), plus the session token."""
+    claims = {"username": username, "exp_date": expires.timestamp(), "session": token}
+    return jwt.encode(claims, get_settings().cookie_key.get_secret_value(), algorithm="HS256")
+
+
 def require(permission: str) -> Actor:
     """The logged-in actor if its role holds `permission`; otherwise a refusal that names no
     data, and the page stops here."""
@@ -193,12 +200,13 @@ class _SessionCookie:
         model = self._library.cookie_model
         # Naive local time, as the library does: the browser reads it as its local time.
         expires = datetime.now() + timedelta(hours=get_settings().session_hours)
-        claims = {"username": username, "exp_date": expires.timestamp(), "session": token}
-        value = jwt.encode(claims, model.cookie_key, algorithm="HS256")
         secure = urlsplit(st.context.url or "").scheme == "https"
         with self._slot:
             model.cookie_manager.set(
-                model.cookie_name, value, expires_at=expires, secure=secure or None
+                model.cookie_name,
+                cookie_value(username, token, expires),
+                expires_at=expires,
+                secure=secure or None,
             )
 
     def delete_cookie(self) -> None:
