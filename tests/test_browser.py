@@ -278,7 +278,9 @@ def test_the_login_cookie_survives_a_reload_and_dies_with_its_session(
         shot(page, f"{name}-2-ended")
 
         # The cookie copied while the session lived, in a fresh browser: the login form only.
-        thief.add_cookies(copied)
+        thief.add_cookies(
+            [{"name": c["name"], "value": c["value"], "url": dashboard.url} for c in copied]
+        )
         stolen.goto(order_url)
         shows_only_the_login_form(stolen, dashboard.facts)
         stolen.reload()
