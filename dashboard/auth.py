@@ -5,46 +5,48 @@
     actor = require("orders.view")   # first line of a page: refusal + st.stop() if not allowed
 
 How login works: streamlit-authenticator's widget and cookie, core.access's rules
------------------------------------------------------------------------------
+---------------------------------------------------------------------------------
 The entrypoint calls `authenticate()` once per run. It builds a
 ``streamlit_authenticator.Authenticate`` (0.4.2) from the users file (AUTH_CONFIG, already in
-the library's credentials layout), with COOKIE_KEY as its cookie key and an expiry of
-SESSION_HOURS, and lets the library draw the login form and handle its re-login cookie. On its
-own the library is not enough for money: its cookie is a JWT of ``{username, exp_date}`` that
-nothing on the server knows about (logout only asks the browser to delete it, so a copy keeps
-working through logout, password resets and revocations), and its form checks the password
-before any lockout, answers an unknown username without running bcrypt (a timing oracle) and
-keeps no record of failures. So the two objects the widget calls are replaced by adapters
-(`Authenticate.login` only ever calls ``authentication_controller.login`` and
-``cookie_controller.get_cookie/set_cookie``; `logout` calls ``authentication_controller.logout``
-and ``cookie_controller.delete_cookie``):
+the library's credentials layout, passed as a dict), with COOKIE_KEY as its cookie key and an
+expiry of SESSION_HOURS, and lets the library draw the login form and keep its re-login cookie.
+On its own the library is not enough for money: its cookie is a JWT of ``{username, exp_date}``
+that nothing on the server knows about (logout only asks the browser to delete it, so a copy
+keeps working through logout, password resets and revocations), and its form checks the
+password before any lockout, answers an unknown username without running bcrypt (a timing
+oracle) and keeps no record of failures. So the two objects its widget calls are replaced by
+adapters (`Authenticate.login` only calls ``authentication_controller.login`` and
+``cookie_controller.get_cookie``/``set_cookie``; `Authenticate.logout` only calls
+``authentication_controller.logout`` and ``cookie_controller.delete_cookie``):
 
 - `_CoreLogin` stands in for the authentication controller. A submitted form goes to
   ``core.access.login``: the lockout first (5 failures within 15 minutes per username, unknown
-  usernames alike, kept in the database), then the bcrypt hash, with one message for a wrong
-  password, an unknown user, and, once locked, one for the lock; every outcome is audited. A
-  success opens a server-side session: a random token of which ``user_sessions`` stores only an
-  HMAC. Only then is the library told who logged in (its own token login, which fills
-  ``st.session_state`` the way its apps expect).
+  usernames alike, counted in the database), then the bcrypt hash; one message for a wrong
+  password or an unknown user, one for a locked username; every outcome audited. A success
+  opens a server-side session: a random token of which ``user_sessions`` stores only an HMAC
+  keyed by COOKIE_KEY. Only then is the library told who logged in (through its own token
+  login, which fills ``st.session_state`` as its apps expect), and it writes the cookie.
 - `_SessionCookie` stands in for the cookie controller. Reading is the library's own
-  (``st.context.cookies``, signature checked with COOKIE_KEY, ``exp_date``); anything it cannot
-  read fails closed. Writing uses the library's CookieManager and format, with one more claim:
-  the session token. A cookie is worth a login only through `cookie_actor`: it must name a live
-  session (not expired, not logged out, not ended by a password reset or
-  ``python -m core users revoke``) of the user it names, who is still in the users file with
-  the same role. The library's own cookies (no session claim) log nobody in.
-- The token is kept in this tab's server-side session state and checked against the database
-  on **every rerun** (`current_actor`); when its session is over, the token and the library's
-  session state are cleared and the login form is all that is shown.
-- Logout (`_logout`) ends the server-side session, then asks the library to log out and delete
-  the cookie; a copy of the cookie taken before is refused from then on.
+  (``st.context.cookies``, HS256 signature with COOKIE_KEY, ``exp_date``), and anything it
+  cannot read counts as no cookie. Writing uses the library's format and CookieManager with one
+  more claim, the session token (`cookie_value`; SameSite=Strict, Secure when the page is
+  served over https). What the library read logs in only through `cookie_actor`: the cookie
+  must name a live session (not expired, not logged out, not ended by a password reset or
+  ``python -m core users revoke``) of the user it names, still in the users file with the same
+  role. The library's own cookies (no session claim) log nobody in. A cookie that fails this is
+  deleted, and the rest of that browser session does not read it again.
+- The token is also kept in this tab's server-side session state and checked against the
+  database on **every rerun** (`current_actor`); once its session is over, the token and the
+  library's session state are cleared and only the login form is shown.
+- Logout ends the server-side session first, then asks the library to log out and delete the
+  cookie; a copy of the cookie taken before is refused from then on.
 
 Two Streamlit details shape the code. The cookie is written by a component in the browser, so
-the run that writes it must not be cut short by ``st.rerun``/``st.switch_page``: the home page
-waits one run after a login (`cookie_pending`; the component reruns the app once the cookie is
-stored), and logout is handled at the top of the run after the click rather than with a rerun.
-And the cookie is written by JavaScript, so it cannot be HttpOnly: a script running in the page
-could read it, which is why it is bound to a session the server can end.
+the run that writes it must not be cut short by ``st.rerun`` or ``st.switch_page``: the home
+page waits one run after a login (`cookie_pending`; the component reruns the app once the
+cookie is stored), and a logout click is handled at the top of the run it starts, not with a
+rerun. And a cookie written by JavaScript cannot be HttpOnly: a script running in the page could
+read it, one more reason it is worth nothing without a live server-side session.
 """
 
 from __future__ import annotations
