@@ -133,24 +133,28 @@ def _forget() -> None:
 def current_actor() -> Actor | None:
     """The logged-in actor, checked against the database on this rerun; None when there is no
     live session (never logged in, logged out, expired or revoked)."""
+    return _session_actor(_users())
+
+
+def _session_actor(users: Mapping[str, User] | None) -> Actor | None:
     token = st.session_state.get(TOKEN_KEY)
-    actor = _resume(token, _users()) if isinstance(token, str) and token else None
+    actor = _resume(token, users) if isinstance(token, str) and token else None
     if actor is None:
         _forget()
     return actor
 
 
-def cookie_actor(claims: object) -> Actor | None:
+def cookie_actor(claims: object, users: Mapping[str, User] | None = None) -> Actor | None:
     """Whom a re-login cookie logs in: nobody, unless it names a live server-side session of
     the user it names. `claims` is what the library read from the cookie (a dict once its
     signature and `exp_date` hold); anything else, and any cookie without a session, is refused.
-    """
+    `users` is the users file as this run read it (read now if not given)."""
     if not isinstance(claims, Mapping):
         return None
     token, username = claims.get("session"), claims.get("username")
     if not isinstance(token, str) or not token or not isinstance(username, str):
         return None
-    actor = _resume(token, _users())
+    actor = _resume(token, users if users is not None else _users())
     return actor if actor is not None and actor.username == username else None
 
 
@@ -243,7 +247,7 @@ class _CoreLogin:
         self._library.logout(callback)
 
     def _from_cookie(self, claims: object) -> bool:
-        actor = cookie_actor(claims)
+        actor = cookie_actor(claims, self._users)
         if actor is None or not isinstance(claims, Mapping):
             # Over (or never a session): delete it, and stop reading it for the rest of this
             # browser session (the library's logout flag; the cookies a session sees never
@@ -322,7 +326,7 @@ def authenticate() -> Actor | None:
     authenticator, controller = _authenticator(users)
     if st.session_state.get(LOGOUT_KEY):  # clicked on the previous run
         _logout(authenticator)
-    actor = current_actor()
+    actor = _session_actor(users)
     if actor is not None:
         return actor
     form = st.empty()
