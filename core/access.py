@@ -85,7 +85,7 @@ def mask_email(email: str | None) -> str | None:
 #
 # A login library checks a password; what money needs on top lives here, in the database, so
 # reruns, new browser sessions, several dashboard processes and restarts all see the same state
-# (dashboard/auth.py explains why streamlit-authenticator's own form and cookie are not used):
+# (dashboard/auth.py explains how streamlit-authenticator's form and cookie are put behind this):
 # - lockout: LOCKOUT_FAILURES failed logins for one username within LOCKOUT_WINDOW refuse every
 #   further attempt for that username until the window has passed, without checking the
 #   password. Unknown usernames are counted and refused exactly the same way, with the same

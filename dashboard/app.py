@@ -75,6 +75,12 @@ def register_pages() -> tuple[st.Page, dict[str, st.Page]]:
         if landing is None:
             st.error(auth.FORBIDDEN)
             st.stop()
+        if auth.cookie_pending():
+            # A switch now would end this run before the browser has stored the login cookie;
+            # the cookie manager reruns the app once it has, and that run switches.
+            spec = next(spec for spec in PAGES if spec.file == landing)
+            st.page_link(pages[landing], label=f"Continue to {spec.title}", icon=spec.icon)
+            return
         st.switch_page(pages[landing])
 
     home_page = st.Page(home, title="Home", url_path="home", default=True, visibility="hidden")
@@ -91,9 +97,9 @@ def sidebar(actor: Actor, pages: dict[str, st.Page]) -> None:
         for spec in visible_pages(actor.role):
             st.page_link(pages[spec.file], label=spec.title, icon=spec.icon)
         st.divider()
-        if st.button("Log out", key=auth.LOGOUT_KEY, icon=":material/logout:"):
-            auth.logout()
-            st.rerun()
+        # Handled by auth.authenticate() at the top of the run the click starts, so that run
+        # can both end the session and delete the cookie (a rerun here would cut it short).
+        st.button("Log out", key=auth.LOGOUT_KEY, icon=":material/logout:")
         if get_settings().stripe_secret_key is None:
             st.caption(
                 "Stripe: offline stand-in (no STRIPE_SECRET_KEY is set). "
@@ -112,7 +118,7 @@ def main() -> None:
         st.stop()
     home, pages = register_pages()
     current = st.navigation([home, *pages.values()], position="hidden")
-    actor = auth.current_actor() or auth.login_form()
+    actor = auth.authenticate()
     if actor is None:
         st.stop()
     sidebar(actor, pages)

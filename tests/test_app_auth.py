@@ -2,14 +2,22 @@
 
 A "new browser session" is a new AppTest; a "restart" also forgets engines, settings and
 caches (`reset_caches`), as a new dashboard process would. Lockout and sessions live in the
-database, so neither resets them."""
+database, so neither resets them.
+
+AppTest sends no cookies, so the login cookie is tested here through `cookie_actor`, the check
+the dashboard applies to what streamlit-authenticator read from it, and end to end in
+tests/test_browser.py."""
 
 from __future__ import annotations
 
+import secrets
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from datetime import datetime, timedelta
 from pathlib import Path
+from typing import Any
 
+import jwt
 import pytest
 from sqlalchemy import update
 from streamlit.testing.v1 import AppTest
@@ -19,8 +27,9 @@ from core.__main__ import main as cli
 from core.access import BAD_CREDENTIALS, LOCKED_OUT, LOCKOUT_FAILURES
 from core.db import make_engine, session_scope
 from core.models import AuditEntry
+from core.settings import get_settings
 from dashboard.app import PAGES
-from dashboard.auth import TOKEN_KEY, UNAVAILABLE
+from dashboard.auth import LOGOUT_KEY, TOKEN_KEY, UNAVAILABLE, cookie_actor, cookie_value
 from tests.support.apptest import (
     PASSWORDS,
     app_as,
@@ -190,7 +199,7 @@ def test_logout_ends_the_session_for_every_copy(db_url: str) -> None:
     copy = copied_session(at)
     assert logged_in(copy.run())  # the copy works while the session lives
 
-    at.sidebar.button(key="logout").click().run()
+    at.sidebar.button(key=LOGOUT_KEY).click().run()
     assert shows_login_form(at) and nav_titles(at) == []
 
     reset_caches()
@@ -222,6 +231,14 @@ def test_a_password_reset_ends_live_sessions(
     assert logged_in(fresh_login("support", new_password))
 
 
+def test_a_forged_session_token_logs_nobody_in(sqlite_url: str) -> None:
+    app_as("admin", sqlite_url)  # a live session exists, just not this one
+    other = new_app()
+    other.session_state[TOKEN_KEY] = secrets.token_urlsafe(32)
+    other.run()
+    assert shows_login_form(other) and nav_titles(other) == []
+
+
 def test_sessions_expire_after_session_hours(
     sqlite_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -238,6 +255,86 @@ def test_removing_a_user_ends_their_session(sqlite_url: str) -> None:
     assert cli(["users", "remove", "support"]) == 0
     at.run()
     assert shows_login_form(at)
+
+
+# --- Login cookie --------------------------------------------------------------------------------
+
+
+def cookie_claims(at: AppTest) -> dict[str, Any]:
+    """What streamlit-authenticator reads from the cookie `at`'s login wrote: the cookie's
+    value, decoded as the library decodes it (HS256 with COOKIE_KEY)."""
+    expires = datetime.now() + timedelta(hours=8)
+    value = cookie_value(at.session_state["username"], at.session_state[TOKEN_KEY], expires)
+    key = get_settings().cookie_key.get_secret_value()
+    claims: dict[str, Any] = jwt.decode(value, key, algorithms=["HS256"])
+    assert claims["username"] == at.session_state["username"]
+    assert claims["exp_date"] > time.time()  # what the library checks before passing it on
+    return claims
+
+
+def end_session(at: AppTest, ending: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    username = str(at.session_state["username"])
+    if ending == "logout":
+        at.sidebar.button(key=LOGOUT_KEY).click().run()
+    elif ending == "revocation":
+        assert cli(["users", "revoke", username]) == 0
+    elif ending == "password reset":
+        monkeypatch.setattr("getpass.getpass", lambda prompt="": "a new long password 42")
+        assert cli(["users", "reset-password", username]) == 0
+    else:
+        assert cli(["users", "remove", username]) == 0
+
+
+@pytest.mark.parametrize("ending", ["logout", "revocation", "password reset", "removal"])
+def test_a_cookie_logs_in_only_while_its_session_lives(
+    db_url: str, monkeypatch: pytest.MonkeyPatch, ending: str
+) -> None:
+    at = app_as("finance", db_url)
+    claims = cookie_claims(at)  # copied while the session lives
+    assert cookie_actor(claims) == access.Actor("finance", "finance")
+    end_session(at, ending, monkeypatch)
+    assert cookie_actor(claims) is None
+    at.run()
+    assert shows_login_form(at) and nav_titles(at) == []
+    # The library's own session state no longer says anyone is logged in.
+    assert at.session_state["authentication_status"] is None
+    assert at.session_state["username"] is None
+
+
+def library_cookie(username: str) -> dict[str, Any]:
+    """A cookie as streamlit-authenticator writes it on its own: no session."""
+    return {"username": username, "exp_date": time.time() + 3600}
+
+
+@pytest.mark.parametrize(
+    "forge",
+    [
+        lambda claims: library_cookie("admin"),
+        lambda claims: {**claims, "session": secrets.token_urlsafe(32)},
+        lambda claims: {**claims, "username": "support"},  # a live session, another user
+        lambda claims: {**claims, "session": ""},
+        lambda claims: {**claims, "session": ["not", "a", "token"]},
+        lambda claims: {"session": claims["session"]},
+        lambda claims: False,  # what the library hands on after a logout in the same session
+        lambda claims: None,
+    ],
+    ids=[
+        "library-cookie",
+        "unknown-session",
+        "other-username",
+        "empty-session",
+        "session-not-text",
+        "no-username",
+        "false",
+        "none",
+    ],
+)
+def test_a_forged_cookie_logs_nobody_in(
+    sqlite_url: str, forge: Callable[[dict[str, Any]], object]
+) -> None:
+    claims = cookie_claims(app_as("admin", sqlite_url))
+    assert cookie_actor(claims) == access.Actor("admin", "admin")
+    assert cookie_actor(forge(claims)) is None
 
 
 # --- Audit log page ------------------------------------------------------------------------------

@@ -91,12 +91,19 @@ def new_app(timeout: float = 30) -> AppTest:
 
 
 def login(at: AppTest, username: str, password: str) -> AppTest:
-    """Fill and submit the login form (the AppTest must be showing it)."""
-    at.text_input(key="login_username").input(username)
-    at.text_input(key="login_password").input(password)
+    """Fill and submit streamlit-authenticator's login form (the AppTest must be showing it).
+
+    After a successful login the app waits one run before leaving the home page, until the
+    browser has stored the login cookie (`dashboard.auth.cookie_pending`); in a browser the
+    cookie manager starts that run, here it is run directly."""
+    fields = {field.label: field for field in at.text_input}
     submit = [button for button in at.button if button.label == "Log in"]
-    assert submit, "no login form on the page"
+    assert submit and {"Username", "Password"} <= fields.keys(), "no login form on the page"
+    fields["Username"].input(username)
+    fields["Password"].input(password)
     submit[0].click().run()
+    if logged_in(at):
+        at.run()
     return at
 
 
@@ -123,7 +130,9 @@ def app_as(
 
 
 def logged_in(at: AppTest) -> bool:
-    return any(button.key == "logout" for button in at.sidebar.button)
+    from dashboard.auth import LOGOUT_KEY
+
+    return any(button.key == LOGOUT_KEY for button in at.sidebar.button)
 
 
 def nav_titles(at: AppTest) -> list[str]:
