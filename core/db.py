@@ -4,6 +4,7 @@ never commit; `session_scope()` commits once at the end or rolls back on error."
 from __future__ import annotations
 
 import functools
+import json
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -19,6 +20,20 @@ from sqlalchemy.orm import Session
 SQLITE_BUSY_TIMEOUT_MS = 10_000
 
 
+class JSONText:
+    """A JSON document already serialized, stored as it is (a verified webhook body: the bytes
+    Stripe signed, and no second serialization on the hot path)."""
+
+    __slots__ = ("text",)
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+
+def _dump_json(value: Any) -> str:
+    return value.text if isinstance(value, JSONText) else json.dumps(value)
+
+
 class DatabaseUnavailable(Exception):
     """The database could not be reached; the message is safe to show."""
 
@@ -32,10 +47,14 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
         if database and database != ":memory:" and not database.startswith("file:"):
             Path(database).parent.mkdir(parents=True, exist_ok=True)
         engine = create_engine(
-            url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000}, **kwargs
+            url,
+            connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000},
+            json_serializer=_dump_json,
+            **kwargs,
         )
         _configure_sqlite(engine)
         return engine
+    kwargs.setdefault("json_serializer", _dump_json)
     kwargs.setdefault("pool_pre_ping", True)
     kwargs.setdefault("pool_size", 10)
     kwargs.setdefault("max_overflow", 20)

@@ -23,7 +23,7 @@ from sqlalchemy import Engine, bindparam, insert, select
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.orm import Session
 
-from core.db import insert_ignore, session_scope
+from core.db import JSONText, insert_ignore, session_scope
 from core.handlers import HANDLERS, Context
 from core.models import StripeEvent, WebhookDelivery
 
@@ -204,7 +204,9 @@ def _insert_ignore(session: Session, values: dict[str, Any]) -> bool:
     return insert_ignore(session, StripeEvent, values, ["id"])
 
 
-def _event_row(event: dict[str, Any], source: str, now: datetime) -> dict[str, Any]:
+def _event_row(
+    event: dict[str, Any], source: str, now: datetime, raw: str | None
+) -> dict[str, Any]:
     obj = event["data"]["object"]
     return {
         "id": event["id"],
@@ -219,12 +221,16 @@ def _event_row(event: dict[str, Any], source: str, now: datetime) -> dict[str, A
         "deliveries": 1,
         "first_received_at": now,
         "source": source,
-        "payload": event,
+        "payload": event if raw is None else JSONText(raw),
     }
 
 
-def apply_event(session: Session, event: dict[str, Any], ctx: Context, source: str) -> str:
+def apply_event(
+    session: Session, event: dict[str, Any], ctx: Context, source: str, raw: str | None = None
+) -> str:
     """Insert `event` and apply it once. Returns `processed`, `ignored` or `duplicate`.
+
+    `raw` is the verified body `event` was parsed from: stored as it is when given.
 
     Runs inside the caller's transaction; a handler error propagates and the caller rolls
     back (the event row with it). A concurrent transaction inserting the same id blocks on the
@@ -234,7 +240,7 @@ def apply_event(session: Session, event: dict[str, Any], ctx: Context, source: s
     note = _ignore_note(event, ctx)
     handler = None if note else HANDLERS.get(event["type"])
     status = "processed" if handler else "ignored"
-    row_values = _event_row(event, source, now)
+    row_values = _event_row(event, source, now, raw)
     row_values.update(status=status, processed_at=now, last_error=note)
     if not _insert_ignore(session, row_values):
         row = session.execute(_EVENT_FOR_UPDATE, {"id": event["id"]}).scalar_one()
@@ -254,9 +260,11 @@ def _ignore_note(event: dict[str, Any], ctx: Context) -> str | None:
     return None
 
 
-def record_failure(session: Session, event: dict[str, Any], error: str, now: datetime) -> None:
+def record_failure(
+    session: Session, event: dict[str, Any], error: str, now: datetime, raw: str | None = None
+) -> None:
     """Keep a failed event visible (and replayable) after its handler was rolled back."""
-    row = _event_row(event, "webhook", now)
+    row = _event_row(event, "webhook", now, raw)
     row["last_error"] = error
     if not _insert_ignore(session, row):
         existing = session.execute(
@@ -384,11 +392,12 @@ def _receive_one(
         return outcome
 
     base = {"event_id": event["id"], "event_type": event["type"], "verified": True}
+    raw = delivery.payload.decode("utf-8")  # verified: valid UTF-8
     try:
         # In a group, the session's own savepoint (a failed flush inside it rolls back to here
         # only); alone, the transaction itself.
         with session.begin_nested() if grouped else nullcontext():
-            result = apply_event(session, event, ctx, "webhook")
+            result = apply_event(session, event, ctx, "webhook", raw)
     except Exception as exc:
         if grouped:
             session.expunge_all()  # objects loaded or changed by the rolled-back event
@@ -398,7 +407,7 @@ def _receive_one(
             raise
         error = safe_error(exc.orig if isinstance(exc, DBAPIError) and exc.orig else exc)
         log.error("webhook %s (%s) failed: %s", event["id"], event["type"], error)
-        record_failure(session, event, error, received_at)
+        record_failure(session, event, error, received_at, raw)
         session.execute(
             _INSERT_DELIVERY, row(**base, http_status=500, outcome="failed", error=error)
         )

@@ -6,7 +6,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Engine, func, select
+from sqlalchemy import Engine, func, select, text
 from sqlalchemy.orm import Session
 
 from core.handlers import Context
@@ -18,7 +18,7 @@ from core.models import (
     StripeEvent,
     WebhookDelivery,
 )
-from core.webhooks import Outcome, receive
+from core.webhooks import Outcome, receive, sign
 from tests.conftest import SECRET
 from tests.support import stripe_objects as so
 
@@ -246,3 +246,19 @@ def test_event_row_keeps_what_stripe_sent(engine: Engine) -> None:
     )
     assert row.payload == evt
     assert row.processed_at is not None and row.first_received_at is not None
+
+
+def test_event_row_stores_the_signed_body_byte_for_byte(engine: Engine) -> None:
+    evt = so.event("payment_intent.succeeded", so.payment_intent())
+    body, header = so.signed(evt, SECRET)
+    body = body.replace(b'"object":', b'"object" :  ', 1)  # whitespace Stripe could send
+    header = sign(body, SECRET)
+    outcome = receive(engine, body, header, secrets=[SECRET], tolerance=300, ctx=Context())
+    assert outcome.result == "processed"
+    as_text = "payload" if engine.dialect.name == "sqlite" else "payload::text"
+    with engine.connect() as conn:
+        stored = conn.execute(
+            text(f"SELECT {as_text} FROM stripe_events WHERE id = :id"), {"id": evt["id"]}
+        ).scalar_one()
+    assert stored == body.decode()
+    assert event_row(engine, evt["id"]).payload == evt
