@@ -260,6 +260,27 @@ class PaymentAttempt(Base):
     event_id: Mapped[str | None] = mapped_column(String(255))
 
 
+class PaymentAttemptHourly(Base):
+    """payment_attempts summed per UTC hour and currency, so that the dashboard reads whole
+    hours here instead of scanning attempts.
+
+    Written only by database triggers on payment_attempts (migration 0002), in the same
+    transaction as the attempt itself: every write path keeps it equal to the GROUP BY of
+    payment_attempts, and no application code writes it. A (hour, currency) whose attempts
+    all went away has no row."""
+
+    __tablename__ = "payment_attempt_hourly"
+
+    hour: Mapped[datetime] = mapped_column(primary_key=True)  # UTC, on the hour
+    # '' stands for a NULL currency (a key column cannot be NULL); the webhook path never
+    # stores '' in payment_attempts.currency, only a code or NULL.
+    currency: Mapped[str] = mapped_column(String(3), primary_key=True)
+    attempts: Mapped[int]
+    succeeded: Mapped[int]
+    failed: Mapped[int]
+    succeeded_amount: Mapped[int] = mapped_column(BigInteger)  # minor units of `currency`
+
+
 # --- Risk and alerts ---------------------------------------------------------------------------
 
 

@@ -6,16 +6,19 @@ import itertools
 import subprocess
 import sys
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from sqlalchemy import Engine, inspect, text
+from sqlalchemy import Engine, insert, inspect, text
 
 from core import migrate
 from core.db import make_engine
-from core.models import Base
+from core.models import Base, PaymentAttempt
+from tests.support import rollup
 from tests.support.postgres import PostgresServer
 from tests.support.servers import base_env
 
@@ -96,6 +99,31 @@ def test_the_diff_is_not_blind(empty_engine: Engine) -> None:
     found = {(diff[0], getattr(diff[1], "name", None)) for diff in differences(empty_engine)}  # type: ignore[index]
     assert ("add_table", "risk_flags") in found
     assert ("add_index", "ix_stripe_events_status") in found
+
+
+def test_the_rollup_migration_backfills_and_goes_back(empty_engine: Engine) -> None:
+    """0002 fills payment_attempt_hourly from the attempts already there; going back to 0001
+    removes it and its triggers (attempts can still be written)."""
+    migrate.upgrade(empty_engine, "0001")
+    hour = datetime(2026, 3, 2, 10, tzinfo=UTC)
+    rows = [
+        {"id": f"ch_{n}", "created": hour + timedelta(minutes=25 * n), "amount": 100 * n,
+         "currency": (None, "usd", "eur")[n % 3], "outcome": ("succeeded", "failed")[n % 2]}
+        for n in range(12)
+    ]  # fmt: skip
+    with empty_engine.begin() as conn:
+        conn.execute(insert(PaymentAttempt), rows)
+    migrate.upgrade(empty_engine)
+    with empty_engine.connect() as conn:
+        got = rollup.actual(conn)
+        assert got == rollup.expected(conn) and sum(v[0] for v in got.values()) == 12
+    config = migrate.alembic_config(empty_engine)
+    with empty_engine.begin() as conn:
+        config.attributes["connection"] = conn
+        command.downgrade(config, "0001")
+    assert "payment_attempt_hourly" not in inspect(empty_engine).get_table_names()
+    with empty_engine.begin() as conn:
+        conn.execute(insert(PaymentAttempt), [{**rows[0], "id": "ch_after"}])
 
 
 def test_the_migrate_command(tmp_path: Path) -> None:
