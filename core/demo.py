@@ -7,11 +7,10 @@ exists for: deliveries repeated by Stripe, a secret rotation that briefly broke 
 scanners probing the endpoint, a fulfilment service that went down for a while (and orders it
 never managed to fulfil), card-testing attacks from one IP and cards retried in bursts.
 
-`run` plays the deliveries in time order through `core.webhooks.verify` and
-`core.webhooks.apply_event` with the deployment's own handler context, writing a delivery row
-for each exactly as the receiver does. To finish in seconds it applies many deliveries per
-transaction; a handler error rolls the batch back, replays the deliveries before it, and
-records the failure in a transaction of its own, which leaves the same rows as one
+`run` plays the deliveries in time order through the receiver's own path
+(`core.webhooks.receive_one`: verification, the event row, the handler, the delivery row) with
+the deployment's own handler context. Like the receiver's group commit it writes many
+deliveries per transaction, each event in its own savepoint, which leaves the same rows as one
 transaction per delivery would.
 """
 
@@ -28,16 +27,16 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Engine, func, insert, select
+from sqlalchemy import Engine, func, select
 from sqlalchemy.orm import Session
 
-from core import risk
+from core import risk, webhooks
 from core.bursts import Rules
 from core.db import session_scope
 from core.fulfillment import FulfillmentDeferred
 from core.handlers import Context
-from core.models import Order, PaymentAttempt, StripeEvent, WebhookDelivery
-from core.webhooks import Rejection, apply_event, record_failure, safe_error, sign, verify
+from core.models import Order, PaymentAttempt, StripeEvent
+from core.webhooks import sign
 
 API_VERSION = "2025-09-30.clover"
 # Every demo object id carries this marker after its Stripe prefix: `--once` looks for it.
@@ -742,12 +741,9 @@ def _request(delivery: Delivery, secret: str, tolerance: int) -> tuple[bytes, st
 
 
 class _Player:
-    """Plays deliveries through verify + apply_event, many per transaction.
-
-    Each verified event is applied in a SAVEPOINT: a handler error rolls back that event's
-    writes only, and the failure is then recorded as the receiver records it (the failed event
-    row and a delivery row with the error, HTTP 500), so the tables end up as they would with
-    one transaction per delivery."""
+    """Plays deliveries through the receiver's own path (`core.webhooks.receive_one`), many
+    per transaction as the receiver's group commit does: each event in its own savepoint, a
+    handler error rolling back that event alone and recorded as the receiver records it."""
 
     def __init__(
         self,
@@ -768,46 +764,19 @@ class _Player:
     def play(self, deliveries: list[Delivery], batch: int) -> None:
         for start in range(0, len(deliveries), batch):
             with session_scope(self.engine) as session:
-                rows = [self._one(session, d) for d in deliveries[start : start + batch]]
-                session.execute(insert(WebhookDelivery), rows)
-
-    def _one(self, session: Session, delivery: Delivery) -> dict[str, Any]:
-        body, header = _request(delivery, self.secret, self.tolerance)
-        started = time.perf_counter()
-        self.clock.now = delivery.at
-        row: dict[str, Any] = {
-            "received_at": delivery.at,
-            "remote_addr": delivery.remote_addr,
-            "body_bytes": len(body),
-            "event_id": None,
-            "event_type": None,
-            "verified": False,
-            "rejection_reason": None,
-            "error": None,
-        }
-        try:
-            event = verify(body, header, self.secrets, self.tolerance, now=delivery.at.timestamp())
-        except Rejection as rejection:
-            row.update(
-                http_status=rejection.status, outcome="rejected", rejection_reason=rejection.reason
-            )
-        else:
-            row.update(event_id=event["id"], event_type=event["type"], verified=True)
-            try:
-                with session.begin_nested():
-                    result = apply_event(session, event, self.ctx, "webhook")
-                row.update(http_status=200, outcome=result)
-            except Exception as exc:
-                error = safe_error(exc)
-                record_failure(session, event, error, delivery.at)
-                row.update(http_status=500, outcome="failed", error=error)
-            # Everything is flushed: forget the objects, as a fresh request would (a large
-            # identity map slows every later flush and bulk update in the batch).
-            session.flush()
-            session.expunge_all()
-        self.outcomes[row["outcome"]] = self.outcomes.get(row["outcome"], 0) + 1
-        row["duration_ms"] = (time.perf_counter() - started) * 1000
-        return row
+                for delivery in deliveries[start : start + batch]:
+                    body, header = _request(delivery, self.secret, self.tolerance)
+                    self.clock.now = delivery.at  # received (and processed) at its own time
+                    outcome = webhooks.receive_one(
+                        session,
+                        webhooks.Delivery(body, header, delivery.remote_addr),
+                        self.secrets,
+                        self.tolerance,
+                        self.ctx,
+                        grouped=True,
+                    )
+                    stored = "failed" if outcome.result == "error" else outcome.result
+                    self.outcomes[stored] = self.outcomes.get(stored, 0) + 1
 
 
 def demo_context(base: Context, incidents: Incidents, clock: Callable[[], datetime]) -> Context:

@@ -329,7 +329,7 @@ def receive_many(
     try:
         with session_scope(engine) as session:
             for delivery in deliveries:
-                outcome = _receive_one(session, delivery, secrets, tolerance, ctx, grouped)
+                outcome = receive_one(session, delivery, secrets, tolerance, ctx, grouped=grouped)
                 if outcome.event_id is not None:
                     verified.append(len(outcomes))
                 outcomes.append(outcome)
@@ -356,14 +356,17 @@ def receive_many(
     return outcomes
 
 
-def _receive_one(
+def receive_one(
     session: Session,
     delivery: Delivery,
     secrets: Sequence[str],
     tolerance: int,
     ctx: Context,
+    *,
     grouped: bool,
 ) -> Outcome:
+    """One delivery inside the caller's transaction (see `receive_many`); `grouped` when the
+    transaction holds others, whose writes a failure of this one must not roll back."""
     started = time.perf_counter()
     received_at = ctx.now()
 
@@ -398,6 +401,8 @@ def _receive_one(
         # only); alone, the transaction itself.
         with session.begin_nested() if grouped else nullcontext():
             result = apply_event(session, event, ctx, "webhook", raw)
+        if grouped:
+            session.expunge_all()  # flushed: a group's identity map need not grow
     except Exception as exc:
         if grouped:
             session.expunge_all()  # objects loaded or changed by the rolled-back event
