@@ -61,13 +61,14 @@ class GroupWriter:
         self.on_loop = on_loop
         self.waiting: list[tuple[webhooks.Delivery, asyncio.Future[webhooks.Outcome]]] = []
         self.busy = False
+        self.task: asyncio.Task[None] | None = None  # referenced, so never collected mid-run
 
     async def submit(self, delivery: webhooks.Delivery) -> webhooks.Outcome:
         future = asyncio.get_running_loop().create_future()
         self.waiting.append((delivery, future))
         if not self.busy:
             self.busy = True
-            asyncio.get_running_loop().create_task(self._drain())
+            self.task = asyncio.get_running_loop().create_task(self._drain())
         # Shielded: a client that hangs up does not stop its delivery from being written.
         return await asyncio.shield(future)
 
@@ -81,6 +82,8 @@ class GroupWriter:
                         outcomes = self.write(deliveries)
                     else:
                         outcomes = await run_in_threadpool(self.write, deliveries)
+                    if len(outcomes) != len(group):
+                        raise RuntimeError(f"{len(outcomes)} answers for {len(group)} deliveries")
                 except Exception:  # receive_many answers every failure itself; this is a bug
                     log.exception("webhook group writer failed")
                     outcomes = [webhooks.Outcome(500, "error", "processing_failed")] * len(group)
