@@ -16,6 +16,7 @@ from core import migrate
 from core.db import dispose_engines, make_engine
 from core.settings import get_settings
 from tests.support.postgres import PostgresServer
+from tests.support.stripe_standin import FakeStripe
 
 SECRET = "whsec_test_primary_0123456789abcdef"
 OLD_SECRET = "whsec_test_previous_fedcba9876543210"
@@ -155,3 +156,11 @@ def other_engine(db_url: str, request: pytest.FixtureRequest, tmp_path: Path) ->
         engine = make_engine(url)
         yield engine
         engine.dispose()
+
+
+@pytest.fixture
+def fake() -> Iterator[FakeStripe]:
+    """A Stripe-shaped API on 127.0.0.1 (tests/support/stripe_standin.py), stopped after."""
+    server = FakeStripe.start()
+    yield server
+    server.stop()

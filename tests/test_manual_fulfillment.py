@@ -5,7 +5,7 @@ approved by another; exactly one fulfillment whoever races; every attempt audite
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -35,13 +35,6 @@ ADMIN = Actor("alice", "admin")
 ADMIN2 = Actor("bob", "admin")
 REASON = "Fulfiller crashed during the outage of 12 May; customer emailed us."
 PAID_AT = datetime.now(UTC) - timedelta(hours=2)
-
-
-@pytest.fixture
-def fake() -> Iterator[FakeStripe]:
-    server = FakeStripe.start()
-    yield server
-    server.stop()
 
 
 @pytest.fixture

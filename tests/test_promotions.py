@@ -4,7 +4,6 @@ the health view reads our own tables."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -35,11 +34,9 @@ ADMIN = Actor("alice", "admin")
 
 
 @pytest.fixture
-def fake() -> Iterator[FakeStripe]:
-    server = FakeStripe.start()
-    server.add_coupon(id="TENOFF")
-    yield server
-    server.stop()
+def fake(fake: FakeStripe) -> FakeStripe:
+    fake.add_coupon(id="TENOFF")
+    return fake
 
 
 GOOD: dict[str, Any] = {"code": "WINTER-24_a", "percent_off": "20"}

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import random
 import threading
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -28,13 +27,6 @@ from tests.support.stripe_standin import FakeStripe
 CRON = Actor("cron")
 ADMIN = Actor("alice", "admin")
 NOW = datetime.now(UTC)
-
-
-@pytest.fixture
-def fake() -> Iterator[FakeStripe]:
-    server = FakeStripe.start()
-    yield server
-    server.stop()
 
 
 @pytest.fixture

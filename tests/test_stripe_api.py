@@ -54,11 +54,9 @@ NOW = datetime.now(UTC)
 
 
 @pytest.fixture
-def fake() -> Iterator[FakeStripe]:
-    server = FakeStripe.start()
-    server.add_coupon(id="TENOFF", percent_off=10.0, duration="once")
-    yield server
-    server.stop()
+def fake(fake: FakeStripe) -> FakeStripe:
+    fake.add_coupon(id="TENOFF", percent_off=10.0, duration="once")
+    return fake
 
 
 def api(url: str, **kwargs: float) -> StripeApi:
