@@ -6,16 +6,19 @@ from __future__ import annotations
 import functools
 import json
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import CursorResult, Engine, create_engine, event
+from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import Connection, Dialect, make_url
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
+from sqlalchemy.sql import ClauseElement
 
 SQLITE_BUSY_TIMEOUT_MS = 10_000
 
@@ -150,22 +153,188 @@ def insert_ignore(
     True when this call inserted.
 
     On PostgreSQL a concurrent insert of the same key waits for the other transaction and
-    then does nothing: unique keys, not application checks, make retries and races safe."""
+    then does nothing: unique keys, not application checks, make retries and races safe.
+    Runs on the session's connection without an autoflush: a plain insert does not depend on
+    pending ORM changes (and flushing them for every insert costs more than the insert)."""
     dialect = session.get_bind().dialect.name
-    stmt = _insert_ignore_statement(model.__table__, dialect, tuple(index_elements or ()))
-    # Values go in as parameters so the compiled statement is cached (the webhook hot path),
-    # and on the session's connection without an autoflush: a plain insert does not depend on
-    # pending ORM changes, and flushing them twice per event costs more than the insert.
-    result: CursorResult[Any] = session.connection().execute(stmt, values)
-    return bool(result.rowcount)
+    prepared = _insert_ignore_statement(model.__table__, dialect, tuple(index_elements or ()))
+    return raw(session).rowcount(prepared, values) > 0
 
 
 @functools.cache
-def _insert_ignore_statement(table: Any, dialect: str, index_elements: tuple[str, ...]) -> Any:
+def _insert_ignore_statement(table: Any, dialect: str, index_elements: tuple[str, ...]) -> Prepared:
     if dialect not in ("postgresql", "sqlite"):  # pragma: no cover
         raise RuntimeError(f"unsupported database {dialect}")
     insert_fn: Any = pg_insert if dialect == "postgresql" else sqlite_insert
-    stmt = insert_fn(table).on_conflict_do_nothing(index_elements=list(index_elements) or None)
-    # psycopg 3.3 resets cursor.rowcount when SQLAlchemy closes the cursor: without this,
-    # rowcount is -1 on PostgreSQL and every duplicate looks inserted.
-    return stmt.execution_options(preserve_rowcount=True)
+    return Prepared(
+        insert_fn(table).on_conflict_do_nothing(index_elements=list(index_elements) or None)
+    )
+
+
+# --- Prepared statements for the webhook hot path ----------------------------------------------
+# SQLAlchemy spends tens of microseconds around every statement it executes (execution context,
+# events, result set-up): on the webhook path that was most of the cost of an event, ten times
+# what SQLite itself spent on the same statements. A `Prepared` statement is a Core statement
+# compiled once per dialect, then run straight on the DB-API cursor of the session's
+# connection, inside the session's transaction: the same SQL, the same type processing, the
+# same error classes, without the per-execution machinery.
+
+
+@dataclass(frozen=True)
+class _Plan:
+    sql: str
+    names: tuple[str, ...]  # the statement's parameters in DB-API order
+    positional: bool
+    fixed: dict[str, Any]  # parameters whose value the statement carries itself
+    defaults: tuple[tuple[str, Any, bool], ...]  # column defaults: (name, value, is callable)
+    bind: tuple[tuple[str, Callable[[Any], Any]], ...]  # type conversions of parameters
+    result: tuple[Callable[[Any], Any] | None, ...]  # type conversions of result columns
+
+
+class Prepared:
+    """A Core statement run on the DB-API cursor, compiled once per dialect and parameter set.
+
+    Parameters are given by name as for `Connection.execute`; Python-side column defaults are
+    applied like SQLAlchemy applies them; rows come back as tuples with the column types'
+    result processing. For small, hot statements; anything else goes through the session."""
+
+    __slots__ = ("_plans", "statement")
+
+    def __init__(self, statement: ClauseElement) -> None:
+        self.statement = statement
+        self._plans: dict[tuple[str, tuple[str, ...]], _Plan] = {}
+
+    def plan(self, dialect: Dialect, keys: tuple[str, ...]) -> _Plan:
+        cached = self._plans.get((dialect.name, keys))
+        if cached is None:
+            cached = self._plans[(dialect.name, keys)] = self._compile(dialect, keys)
+        return cached
+
+    def _compile(self, dialect: Dialect, keys: tuple[str, ...]) -> _Plan:
+        compiled: Any = self.statement.compile(dialect=dialect, column_keys=list(keys))
+        positional = compiled.positiontup is not None
+        names = tuple(compiled.positiontup if positional else compiled.binds)
+        binds = compiled.binds
+        fixed = {
+            name: binds[name].value for name in names if name in binds and not binds[name].required
+        }
+        defaults = []
+        for column in (*compiled.insert_prefetch, *compiled.update_prefetch):
+            default = column.default if compiled.isinsert else column.onupdate
+            if default is None or not (default.is_scalar or default.is_callable):
+                raise ValueError(f"{column.key}: only scalar and callable defaults can be prepared")
+            defaults.append((column.key, default.arg, default.is_callable))
+        bind = []
+        for name in names:
+            typ = binds[name].type if name in binds else None
+            processor = (
+                typ.dialect_impl(dialect).bind_processor(dialect) if typ is not None else None
+            )
+            if processor is not None:
+                bind.append((name, processor))
+        result: list[Callable[[Any], Any] | None] = []
+        for column in getattr(self.statement, "exported_columns", ()):
+            result.append(column.type.dialect_impl(dialect).result_processor(dialect, None))
+        return _Plan(
+            compiled.string, names, positional, fixed, tuple(defaults), tuple(bind), tuple(result)
+        )
+
+
+class Raw:
+    """The DB-API cursor of a session's connection, for `Prepared` statements.
+
+    Built once per unit of work on the hot path (`raw(session)`), valid while the session's
+    transaction lasts. DB-API errors are raised as SQLAlchemy's (OperationalError,
+    IntegrityError, ...) with the connection invalidated when the driver says it is gone, as
+    `Connection.execute` would."""
+
+    __slots__ = ("_error", "connection", "cursor", "dialect")
+
+    def __init__(self, connection: Connection) -> None:
+        self.connection = connection
+        self.dialect = connection.dialect
+        self.cursor: Any = connection.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+        self._error: Any = self.dialect.loaded_dbapi.Error
+
+    def execute(self, prepared: Prepared, params: dict[str, Any]) -> Any:
+        """Run `prepared`; the DB-API cursor, for rowcount and rows (see `rows`)."""
+        plan = prepared.plan(self.dialect, tuple(params))
+        values = {**plan.fixed, **params}
+        for name, value, is_callable in plan.defaults:
+            values[name] = value(None) if is_callable else value
+        for name, processor in plan.bind:
+            values[name] = processor(values[name])
+        args: Any = [values[name] for name in plan.names] if plan.positional else values
+        return self._run(plan.sql, args)
+
+    def _run(self, sql: str, args: Any = ()) -> Any:
+        try:
+            self.cursor.execute(sql, args)
+        except self._error as exc:
+            gone = self.dialect.is_disconnect(exc, self.connection.connection, self.cursor)
+            if gone:
+                self.connection.invalidate(exc)
+            raise DBAPIError.instance(
+                sql, None, exc, self._error, hide_parameters=True,
+                connection_invalidated=gone, dialect=self.dialect,
+            ) from exc  # fmt: skip
+        return self.cursor
+
+    @contextmanager
+    def savepoint(self) -> Iterator[None]:
+        """What the block writes is undone if it raises (and only that: the transaction goes on).
+
+        Plain SAVEPOINT statements, cheaper than the session's `begin_nested`; the session does
+        not see them, so ORM objects written inside the block must be flushed inside it (and
+        code whose flush may fail must bring its own `begin_nested`: see core.fulfillment)."""
+        self._run("SAVEPOINT hot_path")
+        try:
+            yield
+        except BaseException:
+            self._run("ROLLBACK TO SAVEPOINT hot_path")
+            self._run("RELEASE SAVEPOINT hot_path")
+            raise
+        self._run("RELEASE SAVEPOINT hot_path")
+
+    def rowcount(self, prepared: Prepared, params: dict[str, Any]) -> int:
+        return int(self.execute(prepared, params).rowcount)
+
+    def rows(self, prepared: Prepared, params: dict[str, Any]) -> list[tuple[Any, ...]]:
+        """The result rows of a SELECT (or RETURNING), converted by the column types."""
+        cursor = self.execute(prepared, params)
+        fetched = cursor.fetchall()
+        processors = prepared.plan(self.dialect, tuple(params)).result
+        if not any(processors):
+            return [tuple(row) for row in fetched]
+        return [
+            tuple(p(v) if p is not None else v for p, v in zip(processors, row, strict=True))
+            for row in fetched
+        ]
+
+    def first(self, prepared: Prepared, params: dict[str, Any]) -> tuple[Any, ...] | None:
+        found = self.rows(prepared, params)
+        return found[0] if found else None
+
+
+_RAW = "core.db.raw"
+
+
+def raw(session: Session) -> Raw:
+    """The `Raw` cursor of `session`'s current unit of work (see `hot_path`), else a new one."""
+    current = session.info.get(_RAW)
+    return current if isinstance(current, Raw) else Raw(session.connection())
+
+
+@contextmanager
+def hot_path(session: Session) -> Iterator[Raw]:
+    """One `Raw` cursor shared by everything `raw(session)` inside the block (one event).
+
+    The session's pending ORM changes are flushed first: statements sent on the cursor would
+    not see them otherwise."""
+    session.flush()
+    shared = Raw(session.connection())
+    session.info[_RAW] = shared
+    try:
+        yield shared
+    finally:
+        session.info.pop(_RAW, None)

@@ -69,7 +69,11 @@ def fulfill(
     if not insert_ignore(session, Fulfillment, claim, ["order_id"]):
         return False
     try:
-        fulfiller(session, order)
+        if fulfiller is not record_only:
+            # A savepoint of the session's own: a failed flush of the fulfiller's rolls back
+            # to here, and the session stays usable for the other events of a group.
+            with session.begin_nested():
+                fulfiller(session, order)
     except FulfillmentDeferred as deferred:
         # The order row is locked by the caller: nobody else can have seen this claim.
         session.execute(delete(Fulfillment).where(Fulfillment.order_id == order.id))

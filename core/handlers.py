@@ -7,7 +7,8 @@ cannot apply, which the caller turns into a 500 so that Stripe retries.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -16,7 +17,7 @@ from sqlalchemy import Table, bindparam, select, update
 from sqlalchemy.orm import Session
 
 from core import orders
-from core.db import insert_ignore
+from core.db import Prepared, insert_ignore, raw
 from core.fulfillment import Fulfiller, fulfill, record_only
 from core.models import Order, PaymentAttempt, utcnow
 
@@ -91,7 +92,8 @@ def _promotion_code(session_obj: dict[str, Any]) -> str | None:
     return _str(_dict(session_obj.get("metadata")).get("promotion_code"))
 
 
-def _order_from_session(session: Session, event: dict[str, Any]) -> Order:
+@contextmanager
+def _order_from_session(session: Session, event: dict[str, Any]) -> Iterator[Order]:
     obj = _obj(event)
     cs_id = _id(obj)
     if not cs_id:
@@ -100,30 +102,30 @@ def _order_from_session(session: Session, event: dict[str, Any]) -> Order:
     email = _str(details.get("email"), 320) or _str(obj.get("customer_email"), 320)
     created = _time(obj.get("created"), event_time(event))
     intent_id = _id(obj.get("payment_intent"))
-    order = orders.lock_order(
+    with orders.locked_order(
         session,
         checkout_session_id=cs_id,
         payment_intent_id=intent_id,
         defaults={"created_at": created, "livemode": bool(obj.get("livemode"))},
-    )
-    # Descriptive fields: fill what is known, never blank out what an earlier event said.
-    if email:
-        order.customer_email = email
-    customer = _id(obj.get("customer"))
-    if customer:
-        order.customer_id = customer
-    if isinstance(obj.get("amount_total"), int):
-        order.amount_total = obj["amount_total"]
-    currency = _str(obj.get("currency"), 3)
-    if currency:
-        order.currency = currency.lower()
-    code = _promotion_code(obj)
-    if code:
-        order.promotion_code = code
-    order.created_at = min(order.created_at, created)
-    if intent_id:
-        orders.link_attempts(session, order, intent_id)
-    return order
+    ) as order:
+        # Descriptive fields: fill what is known, never blank out what an earlier event said.
+        if email:
+            order.customer_email = email
+        customer = _id(obj.get("customer"))
+        if customer:
+            order.customer_id = customer
+        if isinstance(obj.get("amount_total"), int):
+            order.amount_total = obj["amount_total"]
+        currency = _str(obj.get("currency"), 3)
+        if currency:
+            order.currency = currency.lower()
+        code = _promotion_code(obj)
+        if code:
+            order.promotion_code = code
+        order.created_at = min(order.created_at, created)
+        if intent_id:
+            orders.link_attempts(session, order, intent_id)
+        yield order
 
 
 def _pay_and_fulfil(session: Session, order: Order, event: dict[str, Any], ctx: Context) -> None:
@@ -134,25 +136,26 @@ def _pay_and_fulfil(session: Session, order: Order, event: dict[str, Any], ctx: 
 
 
 def on_session_completed(session: Session, event: dict[str, Any], ctx: Context) -> None:
-    order = _order_from_session(session, event)
-    if _obj(event).get("payment_status") in ("paid", "no_payment_required"):
-        _pay_and_fulfil(session, order, event, ctx)
-    else:  # asynchronous payment methods: paid later, or failed later
-        orders.refresh_status(
-            session, order, event_id=event["id"], actor=None, at=event_time(event)
-        )
+    with _order_from_session(session, event) as order:
+        if _obj(event).get("payment_status") in ("paid", "no_payment_required"):
+            _pay_and_fulfil(session, order, event, ctx)
+        else:  # asynchronous payment methods: paid later, or failed later
+            orders.refresh_status(
+                session, order, event_id=event["id"], actor=None, at=event_time(event)
+            )
 
 
 def on_async_payment_succeeded(session: Session, event: dict[str, Any], ctx: Context) -> None:
-    _pay_and_fulfil(session, _order_from_session(session, event), event, ctx)
+    with _order_from_session(session, event) as order:
+        _pay_and_fulfil(session, order, event, ctx)
 
 
 def _set_fact(mark: Callable[[Order, datetime], None]) -> Handler:
     def handler(session: Session, event: dict[str, Any], ctx: Context) -> None:
-        order = _order_from_session(session, event)
-        at = event_time(event)
-        mark(order, at)
-        orders.refresh_status(session, order, event_id=event["id"], actor=None, at=at)
+        with _order_from_session(session, event) as order:
+            at = event_time(event)
+            mark(order, at)
+            orders.refresh_status(session, order, event_id=event["id"], actor=None, at=at)
 
     return handler
 
@@ -292,14 +295,19 @@ class RecordedAttempt:
 # Built once: constructing a statement costs more than running it on the webhook hot path.
 # Plain Core statements, no ORM unit of work: an attempt is one row merged column by column.
 _ATTEMPTS: Table = PaymentAttempt.__table__  # type: ignore[assignment]
-_ATTEMPT_FOR_UPDATE = select(_ATTEMPTS).where(_ATTEMPTS.c.id == bindparam("id")).with_for_update()
-_ORDER_ID_BY_INTENT = select(Order.id).where(Order.payment_intent_id == bindparam("intent"))
+_ATTEMPT_COLUMNS = tuple(_ATTEMPTS.columns.keys())
+_ATTEMPT_FOR_UPDATE = Prepared(
+    select(_ATTEMPTS).where(_ATTEMPTS.c.id == bindparam("id")).with_for_update()
+)
+_ORDER_ID_BY_INTENT = Prepared(
+    select(Order.id).where(Order.payment_intent_id == bindparam("intent"))
+)
 # What a later event of the same attempt may fill in (never overwrite): outcome and event_id
 # belong to the first record, `created` only moves earlier.
 _MERGED = tuple(
     c.name for c in _ATTEMPTS.columns if c.name not in ("id", "outcome", "event_id", "created")
 )
-_UPDATE_ATTEMPT = (
+_UPDATE_ATTEMPT = Prepared(
     update(_ATTEMPTS)
     .where(_ATTEMPTS.c.id == bindparam("attempt_id"))
     .values({name: bindparam(name) for name in (*_MERGED, "created")})
@@ -308,12 +316,8 @@ _UPDATE_ATTEMPT = (
 
 def _order_id(session: Session, payment_intent_id: str) -> int | None:
     orders.lock_payment_intent(session, payment_intent_id)
-    order_id: int | None = (
-        session.connection()
-        .execute(_ORDER_ID_BY_INTENT, {"intent": payment_intent_id})
-        .scalar_one_or_none()
-    )
-    return order_id
+    found = raw(session).first(_ORDER_ID_BY_INTENT, {"intent": payment_intent_id})
+    return None if found is None else int(found[0])
 
 
 def record_attempt(
@@ -323,14 +327,16 @@ def record_attempt(
     each with fields the other lacks, so known values are merged and never erased."""
     if not values["id"]:
         raise ValueError(f"{event['type']} without an object id")
-    conn = session.connection()
     row = {name: None for name in _MERGED} | values
     row["event_id"] = event["id"]
     if row["payment_intent_id"]:
         row["order_id"] = _order_id(session, row["payment_intent_id"])
     moved_from = None
     if not insert_ignore(session, PaymentAttempt, row, ["id"]):
-        stored = dict(conn.execute(_ATTEMPT_FOR_UPDATE, {"id": row["id"]}).one()._mapping)
+        found = raw(session).first(_ATTEMPT_FOR_UPDATE, {"id": row["id"]})
+        if found is None:  # pragma: no cover - the insert above just found it
+            raise LookupError(f"payment attempt {row['id']} vanished")
+        stored = dict(zip(_ATTEMPT_COLUMNS, found, strict=True))
         merged = dict(stored)
         for name in _MERGED:
             if row[name] is not None and stored[name] in (None, 0):
@@ -343,7 +349,7 @@ def record_attempt(
         ):
             merged["order_id"] = _order_id(session, merged["payment_intent_id"])
         if merged != stored:
-            conn.execute(_UPDATE_ATTEMPT, {"attempt_id": row["id"], **merged})
+            raw(session).execute(_UPDATE_ATTEMPT, {"attempt_id": row["id"], **merged})
         row = merged
     recorded = RecordedAttempt.of(row, moved_from)
     for hook in ctx.on_attempt:
@@ -362,22 +368,17 @@ def on_payment_intent(session: Session, event: dict[str, Any], ctx: Context) -> 
 # --- Refunds and disputes -----------------------------------------------------------------------
 
 
-def _order_for_payment(session: Session, payment_intent_id: str | None) -> Order | None:
-    if not payment_intent_id:
-        return None
-    return orders.lock_order(session, payment_intent_id=payment_intent_id)
-
-
 def on_charge_refunded(session: Session, event: dict[str, Any], ctx: Context) -> None:
     charge = _obj(event)
-    order = _order_for_payment(session, _id(charge.get("payment_intent")))
-    if order is None:
+    intent_id = _id(charge.get("payment_intent"))
+    if intent_id is None:
         return  # a charge outside Checkout: nothing of ours to update
-    at = event_time(event)
-    if order.amount_total == 0 and isinstance(charge.get("amount"), int):
-        order.amount_total = charge["amount"]
-    orders.mark_refunded(order, _int(charge.get("amount_refunded")), at)
-    orders.refresh_status(session, order, event_id=event["id"], actor=None, at=at)
+    with orders.locked_order(session, payment_intent_id=intent_id) as order:
+        at = event_time(event)
+        if order.amount_total == 0 and isinstance(charge.get("amount"), int):
+            order.amount_total = charge["amount"]
+        orders.mark_refunded(order, _int(charge.get("amount_refunded")), at)
+        orders.refresh_status(session, order, event_id=event["id"], actor=None, at=at)
 
 
 def on_dispute_created(session: Session, event: dict[str, Any], ctx: Context) -> None:
@@ -388,12 +389,12 @@ def on_dispute_created(session: Session, event: dict[str, Any], ctx: Context) ->
         intent_id = session.execute(
             select(PaymentAttempt.payment_intent_id).where(PaymentAttempt.id == charge_id)
         ).scalar_one_or_none()
-    order = _order_for_payment(session, intent_id)
-    if order is None:
+    if intent_id is None:
         return
-    at = event_time(event)
-    orders.mark_disputed(order, at)
-    orders.refresh_status(session, order, event_id=event["id"], actor=None, at=at)
+    with orders.locked_order(session, payment_intent_id=intent_id) as order:
+        at = event_time(event)
+        orders.mark_disputed(order, at)
+        orders.refresh_status(session, order, event_id=event["id"], actor=None, at=at)
 
 
 HANDLERS: dict[str, Handler] = {

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any, ClassVar
 
@@ -37,6 +38,25 @@ class UTCDateTime(TypeDecorator[datetime]):
             raise ValueError("naive datetime given where UTC is required")
         value = value.astimezone(UTC)
         return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def bind_processor(self, dialect: Dialect) -> Callable[[Any], Any] | None:
+        if dialect.name != "sqlite":
+            return super().bind_processor(dialect)
+
+        # process_bind_param and SQLite's DATETIME storage format in one step: every webhook
+        # event binds about ten of these (tests/test_models.py checks it against the two).
+        def process(value: datetime | None) -> str | None:
+            if value is None:
+                return None
+            if value.tzinfo is None:
+                raise ValueError("naive datetime given where UTC is required")
+            v = value.astimezone(UTC)
+            return (
+                f"{v.year:04d}-{v.month:02d}-{v.day:02d} "
+                f"{v.hour:02d}:{v.minute:02d}:{v.second:02d}.{v.microsecond:06d}"
+            )
+
+        return process
 
     def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
         if value is None:

@@ -8,14 +8,17 @@ permutation of an order's events ends in the same state.
 
 from __future__ import annotations
 
+import functools
 import hashlib
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Select, bindparam, insert, or_, select, text, update
+from sqlalchemy import Select, Table, bindparam, insert, or_, select, text, update
 from sqlalchemy.orm import Session
 
-from core.db import insert_ignore
+from core.db import Prepared, insert_ignore, raw
 from core.models import Order, OrderTransition, PaymentAttempt, utcnow
 
 # Forward order of statuses; a higher rank is never replaced by a lower one.
@@ -50,7 +53,7 @@ def derive_status(order: Order) -> str:
     return "pending"
 
 
-_INSERT_TRANSITION = insert(OrderTransition.__table__)  # type: ignore[arg-type]
+_INSERT_TRANSITION = Prepared(insert(OrderTransition.__table__))  # type: ignore[arg-type]
 
 
 def refresh_status(
@@ -65,7 +68,7 @@ def refresh_status(
         order.status = new
         order.updated_at = at
         # A plain insert (needs only the order's id): cheaper than a unit-of-work insert.
-        session.connection().execute(
+        raw(session).execute(
             _INSERT_TRANSITION,
             {
                 "order_id": order.id,
@@ -83,22 +86,24 @@ def _earliest(current: datetime | None, candidate: datetime) -> datetime:
     return candidate if current is None or candidate < current else current
 
 
-def _lock_statement(by_session: bool, by_intent: bool) -> Select[Order]:
+_ORDERS: Table = Order.__table__  # type: ignore[assignment]
+_COLUMNS = tuple(_ORDERS.columns.keys())
+_KEYS = ((True, True), (True, False), (False, True))  # by Checkout Session, by PaymentIntent
+
+
+def _lock_statement(by_session: bool, by_intent: bool, entity: Any) -> Select[Any]:
     keys = []
     if by_session:
-        keys.append(Order.checkout_session_id == bindparam("session"))
+        keys.append(_ORDERS.c.checkout_session_id == bindparam("session"))
     if by_intent:
-        keys.append(Order.payment_intent_id == bindparam("intent"))
-    return select(Order).where(or_(*keys)).order_by(Order.id).with_for_update()
+        keys.append(_ORDERS.c.payment_intent_id == bindparam("intent"))
+    return select(entity).where(or_(*keys)).order_by(_ORDERS.c.id).with_for_update()
 
 
 # Built once per key combination: the webhook hot path runs them for every order event.
-_LOCK_ORDERS = {
-    (True, True): _lock_statement(True, True),
-    (True, False): _lock_statement(True, False),
-    (False, True): _lock_statement(False, True),
-}
-_LINK_ATTEMPTS = (
+_LOCK_ORDERS = {key: _lock_statement(*key, Order) for key in _KEYS}
+_LOCK_ROWS = {key: Prepared(_lock_statement(*key, _ORDERS)) for key in _KEYS}
+_LINK_ATTEMPTS = Prepared(
     update(PaymentAttempt)
     .where(
         PaymentAttempt.payment_intent_id == bindparam("intent"),
@@ -108,17 +113,13 @@ _LINK_ATTEMPTS = (
 )
 
 
-def lock_order(
+def _claim(
     session: Session,
-    *,
-    checkout_session_id: str | None = None,
-    payment_intent_id: str | None = None,
-    defaults: dict[str, Any] | None = None,
-) -> Order:
-    """The order for a Checkout Session or PaymentIntent, created if missing, row-locked.
-
-    An event about a payment can arrive before the session's completion: the order is then
-    created from the PaymentIntent alone and joined to its session when that arrives."""
+    checkout_session_id: str | None,
+    payment_intent_id: str | None,
+    defaults: dict[str, Any] | None,
+) -> tuple[bool, bool]:
+    """Create the order unless it exists; the key combination to lock it by."""
     if not checkout_session_id and not payment_intent_id:
         raise ValueError("an order needs a Checkout Session id or a PaymentIntent id")
     values: dict[str, Any] = {"status": "pending", "amount_total": 0, "amount_refunded": 0}
@@ -130,24 +131,81 @@ def lock_order(
     if payment_intent_id:  # always before the order row: the one lock order, no deadlock
         lock_payment_intent(session, payment_intent_id)
     insert_ignore(session, Order, values)
-    rows = (
-        session.execute(
-            _LOCK_ORDERS[(bool(checkout_session_id), bool(payment_intent_id))],
-            {"session": checkout_session_id, "intent": payment_intent_id},
-        )
-        .scalars()
-        .all()
-    )
-    order = rows[0]
-    if len(rows) == 1:  # two rows (one per key) would clash on the other unique key: keep both
-        if checkout_session_id and order.checkout_session_id is None:
-            order.checkout_session_id = checkout_session_id
-        if payment_intent_id and order.payment_intent_id is None:
-            order.payment_intent_id = payment_intent_id
+    return bool(checkout_session_id), bool(payment_intent_id)
+
+
+def _join_keys(
+    order: Order, checkout_session_id: str | None, payment_intent_id: str | None
+) -> None:
+    """One order row found: give it the key it lacked. (Two rows, one per key, would clash on
+    the other unique key: both are kept.)"""
+    if checkout_session_id and order.checkout_session_id is None:
+        order.checkout_session_id = checkout_session_id
+    if payment_intent_id and order.payment_intent_id is None:
+        order.payment_intent_id = payment_intent_id
+
+
+def lock_order(
+    session: Session,
+    *,
+    checkout_session_id: str | None = None,
+    payment_intent_id: str | None = None,
+    defaults: dict[str, Any] | None = None,
+) -> Order:
+    """The order for a Checkout Session or PaymentIntent, created if missing, row-locked, as an
+    object of the session (its changes are flushed with the session's).
+
+    An event about a payment can arrive before the session's completion: the order is then
+    created from the PaymentIntent alone and joined to its session when that arrives."""
+    key = _claim(session, checkout_session_id, payment_intent_id, defaults)
+    params = {"session": checkout_session_id, "intent": payment_intent_id}
+    rows = session.execute(_LOCK_ORDERS[key], params).scalars().all()
+    order: Order = rows[0]
+    if len(rows) == 1:
+        _join_keys(order, checkout_session_id, payment_intent_id)
     return order
 
 
-_LOCK_INTENT = text("SELECT pg_advisory_xact_lock(:key)")
+@contextmanager
+def locked_order(
+    session: Session,
+    *,
+    checkout_session_id: str | None = None,
+    payment_intent_id: str | None = None,
+    defaults: dict[str, Any] | None = None,
+) -> Iterator[Order]:
+    """`lock_order` for the webhook path, without the ORM's unit of work: the order is a
+    detached copy of its locked row, and what the block changed is written back with one
+    UPDATE when it ends (nothing when it raises: the caller rolls back)."""
+    key = _claim(session, checkout_session_id, payment_intent_id, defaults)
+    params = {"session": checkout_session_id, "intent": payment_intent_id}
+    rows = raw(session).rows(_LOCK_ROWS[key], params)
+    before = rows[0]
+    order = Order(**dict(zip(_COLUMNS, before, strict=True)))
+    if len(rows) == 1:
+        _join_keys(order, checkout_session_id, payment_intent_id)
+    yield order
+    changed = tuple(
+        name for name, old in zip(_COLUMNS, before, strict=True) if getattr(order, name) != old
+    )
+    if changed:
+        if "updated_at" not in changed:  # the column's onupdate, as a flush would apply it
+            order.updated_at = utcnow()
+            changed += ("updated_at",)
+        values = {name: getattr(order, name) for name in changed}
+        raw(session).execute(_update_order(changed), {"order_id": order.id, **values})
+
+
+@functools.cache
+def _update_order(columns: tuple[str, ...]) -> Prepared:
+    return Prepared(
+        update(_ORDERS)
+        .where(_ORDERS.c.id == bindparam("order_id"))
+        .values({name: bindparam(name) for name in columns})
+    )
+
+
+_LOCK_INTENT = Prepared(text("SELECT pg_advisory_xact_lock(:key)"))
 
 
 def lock_payment_intent(session: Session, payment_intent_id: str) -> None:
@@ -157,10 +215,11 @@ def lock_payment_intent(session: Session, payment_intent_id: str) -> None:
     on PostgreSQL would each miss the other's uncommitted row and leave the attempt unlinked.
     With this lock (held until commit) the second one sees the first. SQLite writers are serial
     already."""
-    if session.get_bind().dialect.name == "postgresql":
+    cursor = raw(session)
+    if cursor.dialect.name == "postgresql":
         digest = hashlib.blake2b(payment_intent_id.encode(), digest_size=8, person=b"pi_link")
         key = int.from_bytes(digest.digest(), "big", signed=True)
-        session.connection().execute(_LOCK_INTENT, {"key": key})
+        cursor.execute(_LOCK_INTENT, {"key": key})
 
 
 def link_attempts(session: Session, order: Order, payment_intent_id: str) -> None:
@@ -170,9 +229,7 @@ def link_attempts(session: Session, order: Order, payment_intent_id: str) -> Non
     PaymentIntent before this transaction linked its attempts then, and every later attempt
     found the order: only the transaction that brings the PaymentIntent has to link."""
     # Needs only the order's id: no need to flush its other changes.
-    session.connection().execute(
-        _LINK_ATTEMPTS, {"intent": payment_intent_id, "order_id": order.id}
-    )
+    raw(session).execute(_LINK_ATTEMPTS, {"intent": payment_intent_id, "order_id": order.id})
 
 
 def mark_paid(order: Order, at: datetime) -> None:

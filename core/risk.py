@@ -31,10 +31,11 @@ import numpy as np
 import numpy.typing as npt
 import pandas as pd
 from sqlalchemy import (
+    ColumnClause,
     ColumnElement,
     TextClause,
-    TextualSelect,
     bindparam,
+    column,
     delete,
     func,
     insert,
@@ -47,6 +48,7 @@ from sqlalchemy.orm import Session
 from core import audit, bursts
 from core.access import Actor, mask_email, require
 from core.bursts import BY_TIME, ENTITY_COLUMNS, EntityKind, Pattern, Point, Rules, Stored, Window
+from core.db import Prepared, raw
 from core.handlers import RecordedAttempt
 from core.models import PaymentAttempt, RiskFlag, UTCDateTime, utcnow
 from core.settings import Settings
@@ -86,9 +88,16 @@ def _is_postgres(session: Session) -> bool:
 # --- Reading (fixed SQL shapes, built once: the webhook path pays no statement compilation) --
 
 
-_FLAG_COLUMNS = (
-    "id, entity_kind, entity_value, pattern, window_start, window_end, failures, "
-    "distinct_cards, status"
+_FLAG_COLUMNS: tuple[ColumnClause[Any], ...] = (
+    column("id"),
+    column("entity_kind"),
+    column("entity_value"),
+    column("pattern"),
+    column("window_start", UTCDateTime()),
+    column("window_end", UTCDateTime()),
+    column("failures"),
+    column("distinct_cards"),
+    column("status"),
 )
 
 
@@ -106,22 +115,22 @@ class _FlagRow:
 
 
 @functools.lru_cache(maxsize=32)
-def _flags_sql(entities: int, postgres: bool) -> TextualSelect:
+def _flags_sql(entities: int, postgres: bool) -> Prepared:
     """Stored flags of `entities` (kind, value) pairs overlapping [:lo, :hi], locked."""
     pairs = " OR ".join(f"(entity_kind = :k{i} AND entity_value = :v{i})" for i in range(entities))
     sql = (
-        f"SELECT {_FLAG_COLUMNS} FROM risk_flags WHERE ({pairs}) "
+        f"SELECT {', '.join(c.name for c in _FLAG_COLUMNS)} FROM risk_flags WHERE ({pairs}) "
         "AND window_end >= :lo AND window_start <= :hi"
     )
-    return (
+    return Prepared(
         text(sql + (" FOR UPDATE" if postgres else ""))
         .bindparams(bindparam("lo", type_=UTCDateTime()), bindparam("hi", type_=UTCDateTime()))
-        .columns(window_start=UTCDateTime(), window_end=UTCDateTime())
+        .columns(*_FLAG_COLUMNS)
     )
 
 
 @functools.lru_cache(maxsize=64)
-def _points_sql(kinds: tuple[EntityKind, ...]) -> TextualSelect:
+def _points_sql(kinds: tuple[EntityKind, ...]) -> Prepared:
     """Failed attempts of one value per kind over a range each; rows tagged by position."""
     parts = [
         f"SELECT {i} AS tag, id, created, card_fingerprint FROM payment_attempts "
@@ -134,7 +143,16 @@ def _points_sql(kinds: tuple[EntityKind, ...]) -> TextualSelect:
         for i in range(len(kinds))
         for name in ("lo", "hi")
     ]
-    return text(" UNION ALL ".join(parts)).bindparams(*binds).columns(created=UTCDateTime())
+    return Prepared(
+        text(" UNION ALL ".join(parts))
+        .bindparams(*binds)
+        .columns(
+            column("tag"),
+            column("id"),
+            column("created", UTCDateTime()),
+            column("card_fingerprint"),
+        )
+    )
 
 
 def _find_flags(
@@ -144,8 +162,9 @@ def _find_flags(
     for i, (kind, value) in enumerate(entities):
         params[f"k{i}"] = kind
         params[f"v{i}"] = value
-    statement = _flags_sql(len(entities), _is_postgres(session))
-    return [_FlagRow(*row) for row in session.execute(statement, params)]
+    cursor = raw(session)
+    statement = _flags_sql(len(entities), cursor.dialect.name == "postgresql")
+    return [_FlagRow(*row) for row in cursor.rows(statement, params)]
 
 
 def _stored(row: _FlagRow | RiskFlag) -> Stored:
@@ -266,12 +285,18 @@ def _count_sql(kind: EntityKind) -> TextClause:
     ).bindparams(bindparam("lo", type_=UTCDateTime()), bindparam("hi", type_=UTCDateTime()))
 
 
+@functools.lru_cache(maxsize=8)
+def _lock_sql(keys: int) -> Prepared:
+    calls = ", ".join(f"pg_advisory_xact_lock(:k{i})" for i in range(keys))
+    return Prepared(text(f"SELECT pg_advisory_xact_lock_shared(:g), {calls}"))
+
+
 def _lock_entities(session: Session, entities: Sequence[tuple[EntityKind, str]]) -> None:
-    if _is_postgres(session):
+    cursor = raw(session)
+    if cursor.dialect.name == "postgresql":
         lock_keys = sorted({_entity_lock_key(k, v) for k, v in entities})
-        calls = ", ".join(f"pg_advisory_xact_lock(:k{i})" for i in range(len(lock_keys)))
-        session.execute(
-            text(f"SELECT pg_advisory_xact_lock_shared(:g), {calls}"),
+        cursor.execute(
+            _lock_sql(len(lock_keys)),
             {"g": _GLOBAL_LOCK_KEY, **{f"k{i}": k for i, k in enumerate(lock_keys)}},
         )
 
@@ -284,7 +309,7 @@ def _read_points(
         params.update({f"v{i}": value, f"lo{i}": a, f"hi{i}": b})
     points: list[list[Point]] = [[] for _ in spans]
     statement = _points_sql(tuple(kind for (kind, _value), _span in spans))
-    for tag, attempt_id, created, card in session.execute(statement, params):
+    for tag, attempt_id, created, card in raw(session).rows(statement, params):
         points[tag].append(Point(created, attempt_id, card))
     return {key: pts for (key, _span), pts in zip(spans, points, strict=True)}
 
@@ -452,7 +477,7 @@ def _flag_rows(session: Session, lo: datetime | None, hi: datetime | None) -> li
         bounds.append(RiskFlag.window_end >= lo)
     if hi is not None:
         bounds.append(RiskFlag.window_start <= hi)
-    columns = [getattr(RiskFlag, c.strip()) for c in _FLAG_COLUMNS.split(",")]
+    columns = [getattr(RiskFlag, c.name) for c in _FLAG_COLUMNS]
     rows = session.execute(select(*columns).where(*bounds).with_for_update())
     return [_FlagRow(*row) for row in rows]
 
@@ -507,8 +532,8 @@ def _windows_by_entity(
         return result
     window_us = rules.window // timedelta(microseconds=1)
     cards = failed.columns["card_fingerprint"]
-    for kind, column in ENTITY_COLUMNS.items():
-        codes, uniques = pd.factorize(np.array(failed.columns[column], dtype=object))
+    for kind, name in ENTITY_COLUMNS.items():
+        codes, uniques = pd.factorize(np.array(failed.columns[name], dtype=object))
         present = codes >= 0
         minimum = min(rules.minimum(p) for p in rules.patterns(kind))
         dense = bursts.dense_entities(

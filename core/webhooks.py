@@ -19,20 +19,41 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Engine, bindparam, insert, select
+from sqlalchemy import Engine, bindparam, insert, update
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.orm import Session
 
-from core.db import JSONText, insert_ignore, session_scope
+from core.db import JSONText, Prepared, hot_path, insert_ignore, raw, session_scope
 from core.handlers import HANDLERS, Context
 from core.models import StripeEvent, WebhookDelivery
 
 log = logging.getLogger(__name__)
 
 MAX_BODY_BYTES = 256 * 1024
-# A plain table insert with values bound at execution: compiled once, cached.
-_INSERT_DELIVERY = insert(WebhookDelivery.__table__)  # type: ignore[arg-type]
-_EVENT_FOR_UPDATE = select(StripeEvent).where(StripeEvent.id == bindparam("id")).with_for_update()
+_INSERT_DELIVERY = Prepared(insert(WebhookDelivery.__table__))  # type: ignore[arg-type]
+_EVENTS = StripeEvent.__table__
+# Another delivery of a stored event: counted, its row locked; its status says what to do.
+_COUNT_DELIVERY = Prepared(
+    update(_EVENTS)  # type: ignore[arg-type]
+    .where(_EVENTS.c.id == bindparam("event_id"))
+    .values(deliveries=_EVENTS.c.deliveries + 1)
+    .returning(_EVENTS.c.status)
+)
+_REAPPLIED = Prepared(
+    update(_EVENTS)  # type: ignore[arg-type]
+    .where(_EVENTS.c.id == bindparam("event_id"))
+    .values(
+        source=bindparam("source"),
+        status=bindparam("status"),
+        processed_at=bindparam("processed_at"),
+        last_error=bindparam("last_error"),
+    )
+)
+_FAILED_AGAIN = Prepared(
+    update(_EVENTS)  # type: ignore[arg-type]
+    .where(_EVENTS.c.id == bindparam("event_id"), _EVENTS.c.status == "failed")
+    .values(last_error=bindparam("last_error"))
+)
 SIGNATURE_SCHEME = "v1"
 MAX_ERROR_CHARS = 500
 MAX_CREATED = 253402300799  # 9999-12-31T23:59:59Z, the last second a datetime can hold
@@ -204,8 +225,13 @@ def _insert_ignore(session: Session, values: dict[str, Any]) -> bool:
     return insert_ignore(session, StripeEvent, values, ["id"])
 
 
+def _count_delivery(session: Session, event_id: str) -> str:
+    """Count one more delivery of a stored event (row-locked until commit); its status."""
+    return str(raw(session).rows(_COUNT_DELIVERY, {"event_id": event_id})[0][0])
+
+
 def _event_row(
-    event: dict[str, Any], source: str, now: datetime, raw: str | None
+    event: dict[str, Any], source: str, now: datetime, body: str | None
 ) -> dict[str, Any]:
     obj = event["data"]["object"]
     return {
@@ -221,16 +247,16 @@ def _event_row(
         "deliveries": 1,
         "first_received_at": now,
         "source": source,
-        "payload": event if raw is None else JSONText(raw),
+        "payload": event if body is None else JSONText(body),
     }
 
 
 def apply_event(
-    session: Session, event: dict[str, Any], ctx: Context, source: str, raw: str | None = None
+    session: Session, event: dict[str, Any], ctx: Context, source: str, body: str | None = None
 ) -> str:
     """Insert `event` and apply it once. Returns `processed`, `ignored` or `duplicate`.
 
-    `raw` is the verified body `event` was parsed from: stored as it is when given.
+    `body` is the verified body `event` was parsed from: stored as it is when given.
 
     Runs inside the caller's transaction; a handler error propagates and the caller rolls
     back (the event row with it). A concurrent transaction inserting the same id blocks on the
@@ -240,15 +266,22 @@ def apply_event(
     note = _ignore_note(event, ctx)
     handler = None if note else HANDLERS.get(event["type"])
     status = "processed" if handler else "ignored"
-    row_values = _event_row(event, source, now, raw)
+    row_values = _event_row(event, source, now, body)
     row_values.update(status=status, processed_at=now, last_error=note)
     if not _insert_ignore(session, row_values):
-        row = session.execute(_EVENT_FOR_UPDATE, {"id": event["id"]}).scalar_one()
-        row.deliveries += 1
-        if row.status != "failed":
+        if _count_delivery(session, event["id"]) != "failed":
             return "duplicate"
         # An earlier attempt failed and was rolled back: this delivery applies it now.
-        row.source, row.status, row.processed_at, row.last_error = source, status, now, note
+        raw(session).execute(
+            _REAPPLIED,
+            {
+                "event_id": event["id"],
+                "source": source,
+                "status": status,
+                "processed_at": now,
+                "last_error": note,
+            },
+        )
     if handler is not None:
         handler(session, event, ctx)
     return status
@@ -261,18 +294,13 @@ def _ignore_note(event: dict[str, Any], ctx: Context) -> str | None:
 
 
 def record_failure(
-    session: Session, event: dict[str, Any], error: str, now: datetime, raw: str | None = None
+    session: Session, event: dict[str, Any], error: str, now: datetime, body: str | None = None
 ) -> None:
     """Keep a failed event visible (and replayable) after its handler was rolled back."""
-    row = _event_row(event, "webhook", now, raw)
+    row = _event_row(event, "webhook", now, body)
     row["last_error"] = error
-    if not _insert_ignore(session, row):
-        existing = session.execute(
-            select(StripeEvent).where(StripeEvent.id == event["id"]).with_for_update()
-        ).scalar_one()
-        existing.deliveries += 1
-        if existing.status == "failed":
-            existing.last_error = error
+    if not _insert_ignore(session, row) and _count_delivery(session, event["id"]) == "failed":
+        raw(session).execute(_FAILED_AGAIN, {"event_id": event["id"], "last_error": error})
 
 
 def safe_error(exc: BaseException) -> str:
@@ -383,7 +411,7 @@ def receive_one(
         event = _verify_delivery(delivery, secrets, tolerance, received_at.timestamp())
     except Rejection as rejection:
         outcome = Outcome(rejection.status, "rejected", rejection.reason)
-        session.execute(
+        raw(session).execute(
             _INSERT_DELIVERY,
             row(
                 verified=False,
@@ -395,12 +423,12 @@ def receive_one(
         return outcome
 
     base = {"event_id": event["id"], "event_type": event["type"], "verified": True}
-    raw = delivery.payload.decode("utf-8")  # verified: valid UTF-8
+    body = delivery.payload.decode("utf-8")  # verified: valid UTF-8
     try:
-        # In a group, the session's own savepoint (a failed flush inside it rolls back to here
-        # only); alone, the transaction itself.
-        with session.begin_nested() if grouped else nullcontext():
-            result = apply_event(session, event, ctx, "webhook", raw)
+        # In a group, a savepoint (a failure rolls back to here only); alone, the transaction.
+        with hot_path(session) as cursor, cursor.savepoint() if grouped else nullcontext():
+            result = apply_event(session, event, ctx, "webhook", body)
+            session.flush()  # anything a plug-in left pending, inside the event's savepoint
         if grouped:
             session.expunge_all()  # flushed: a group's identity map need not grow
     except Exception as exc:
@@ -412,12 +440,12 @@ def receive_one(
             raise
         error = safe_error(exc.orig if isinstance(exc, DBAPIError) and exc.orig else exc)
         log.error("webhook %s (%s) failed: %s", event["id"], event["type"], error)
-        record_failure(session, event, error, received_at, raw)
-        session.execute(
+        record_failure(session, event, error, received_at, body)
+        raw(session).execute(
             _INSERT_DELIVERY, row(**base, http_status=500, outcome="failed", error=error)
         )
         return Outcome(500, "error", "processing_failed", event_id=event["id"])
-    session.execute(_INSERT_DELIVERY, row(**base, http_status=200, outcome=result))
+    raw(session).execute(_INSERT_DELIVERY, row(**base, http_status=200, outcome=result))
     return Outcome(200, result, event_id=event["id"])
 
 
