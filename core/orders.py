@@ -15,8 +15,9 @@ from contextlib import contextmanager
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Select, Table, bindparam, insert, or_, select, text, update
-from sqlalchemy.orm import Session
+from sqlalchemy import Table, bindparam, insert, or_, select, text, update
+from sqlalchemy.orm import Session, configure_mappers
+from sqlalchemy.orm.instrumentation import ClassManager, manager_of_class
 
 from core.db import Prepared, insert_ignore, raw
 from core.models import Order, OrderTransition, PaymentAttempt, utcnow
@@ -91,18 +92,17 @@ _COLUMNS = tuple(_ORDERS.columns.keys())
 _KEYS = ((True, True), (True, False), (False, True))  # by Checkout Session, by PaymentIntent
 
 
-def _lock_statement(by_session: bool, by_intent: bool, entity: Any) -> Select[Any]:
+def _lock_statement(by_session: bool, by_intent: bool) -> Prepared:
     keys = []
     if by_session:
         keys.append(_ORDERS.c.checkout_session_id == bindparam("session"))
     if by_intent:
         keys.append(_ORDERS.c.payment_intent_id == bindparam("intent"))
-    return select(entity).where(or_(*keys)).order_by(_ORDERS.c.id).with_for_update()
+    return Prepared(select(_ORDERS).where(or_(*keys)).order_by(_ORDERS.c.id).with_for_update())
 
 
 # Built once per key combination: the webhook hot path runs them for every order event.
-_LOCK_ORDERS = {key: _lock_statement(*key, Order) for key in _KEYS}
-_LOCK_ROWS = {key: Prepared(_lock_statement(*key, _ORDERS)) for key in _KEYS}
+_LOCK_ROWS = {key: _lock_statement(*key) for key in _KEYS}
 _LINK_ATTEMPTS = Prepared(
     update(PaymentAttempt)
     .where(
@@ -145,27 +145,6 @@ def _join_keys(
         order.payment_intent_id = payment_intent_id
 
 
-def lock_order(
-    session: Session,
-    *,
-    checkout_session_id: str | None = None,
-    payment_intent_id: str | None = None,
-    defaults: dict[str, Any] | None = None,
-) -> Order:
-    """The order for a Checkout Session or PaymentIntent, created if missing, row-locked, as an
-    object of the session (its changes are flushed with the session's).
-
-    An event about a payment can arrive before the session's completion: the order is then
-    created from the PaymentIntent alone and joined to its session when that arrives."""
-    key = _claim(session, checkout_session_id, payment_intent_id, defaults)
-    params = {"session": checkout_session_id, "intent": payment_intent_id}
-    rows = session.execute(_LOCK_ORDERS[key], params).scalars().all()
-    order: Order = rows[0]
-    if len(rows) == 1:
-        _join_keys(order, checkout_session_id, payment_intent_id)
-    return order
-
-
 @contextmanager
 def locked_order(
     session: Session,
@@ -174,14 +153,20 @@ def locked_order(
     payment_intent_id: str | None = None,
     defaults: dict[str, Any] | None = None,
 ) -> Iterator[Order]:
-    """`lock_order` for the webhook path, without the ORM's unit of work: the order is a
-    detached copy of its locked row, and what the block changed is written back with one
-    UPDATE when it ends (nothing when it raises: the caller rolls back)."""
+    """The order for a Checkout Session or PaymentIntent, created if missing, row-locked.
+
+    An event about a payment can arrive before the session's completion: the order is then
+    created from the PaymentIntent alone and joined to its session when that arrives.
+
+    Without the ORM's unit of work (the webhook hot path): the order is a detached copy of its
+    locked row, and what the block changed is written back with one UPDATE when it ends
+    (nothing when it raises: the caller rolls back)."""
     key = _claim(session, checkout_session_id, payment_intent_id, defaults)
     params = {"session": checkout_session_id, "intent": payment_intent_id}
     rows = raw(session).rows(_LOCK_ROWS[key], params)
     before = rows[0]
-    order = Order(**dict(zip(_COLUMNS, before, strict=True)))
+    order: Order = _order_class().new_instance()  # as a load would: no per-attribute events
+    order.__dict__.update(zip(_COLUMNS, before, strict=True))
     if len(rows) == 1:
         _join_keys(order, checkout_session_id, payment_intent_id)
     yield order
@@ -194,6 +179,12 @@ def locked_order(
             changed += ("updated_at",)
         values = {name: getattr(order, name) for name in changed}
         raw(session).execute(_update_order(changed), {"order_id": order.id, **values})
+
+
+@functools.cache
+def _order_class() -> ClassManager[Order]:
+    configure_mappers()  # an instance's attributes work once its mapper is configured
+    return manager_of_class(Order)
 
 
 @functools.cache
@@ -225,7 +216,7 @@ def lock_payment_intent(session: Session, payment_intent_id: str) -> None:
 def link_attempts(session: Session, order: Order, payment_intent_id: str) -> None:
     """Attach the attempts of `payment_intent_id` that arrived before their order.
 
-    The caller holds the PaymentIntent's lock (`lock_order` takes it). An order that had its
+    The caller holds the PaymentIntent's lock (`locked_order` takes it). An order that had its
     PaymentIntent before this transaction linked its attempts then, and every later attempt
     found the order: only the transaction that brings the PaymentIntent has to link."""
     # Needs only the order's id: no need to flush its other changes.

@@ -60,19 +60,21 @@ def paid_order(
     if stripe_session:
         stripe_session(checkout, intent)
     fake.add_session(checkout, intent)
-    with session_scope(engine) as session:
-        order = orders.lock_order(
+    with (
+        session_scope(engine) as session,
+        orders.locked_order(
             session,
             checkout_session_id=ours["session"],
             payment_intent_id=ours["intent"],
             defaults={"created_at": PAID_AT - timedelta(minutes=1)},
-        )
+        ) as order,
+    ):
         order.amount_total, order.currency = 2500, "usd"
         orders.mark_paid(order, PAID_AT)
         if local:
             local(order)
         orders.refresh_status(session, order, event_id=None, actor=None, at=PAID_AT)
-        return order.id, checkout
+    return order.id, checkout
 
 
 def fulfillments(engine: Engine) -> list[tuple[int, str, str | None]]:

@@ -32,16 +32,16 @@ def shop(sqlite_url: str) -> Iterator[Engine]:
     done = so.checkout_session(amount_total=3000, promotion_code="promo_SPRING")
     with session_scope(engine) as session:
         apply_event(session, so.event("checkout.session.completed", done), Context(), "webhook")
-        order = orders.lock_order(
+        with orders.locked_order(
             session,
             checkout_session_id="cs_test_waiting",
             payment_intent_id="pi_test_waiting",
             defaults={"created_at": NOW - timedelta(hours=1)},
-        )
-        order.amount_total, order.currency = 4500, "usd"
-        order.customer_email = "wanda@example.com"
-        orders.mark_paid(order, NOW - timedelta(minutes=50))
-        orders.refresh_status(session, order, event_id=None, actor=None, at=NOW)
+        ) as order:
+            order.amount_total, order.currency = 4500, "usd"
+            order.customer_email = "wanda@example.com"
+            orders.mark_paid(order, NOW - timedelta(minutes=50))
+            orders.refresh_status(session, order, event_id=None, actor=None, at=NOW)
     yield engine
     engine.dispose()
 
