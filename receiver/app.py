@@ -39,6 +39,7 @@ log = logging.getLogger("receiver")
 
 
 MAX_GROUP = 64  # deliveries per group commit: bounds the wait of the first one in a group
+IDLE_TURNS = 3  # turns of the event loop without a new delivery that end the gathering
 
 
 @dataclass
@@ -89,11 +90,20 @@ class GroupWriter:
                     outcomes = [webhooks.Outcome(500, "error", "processing_failed")] * len(group)
                 for (_, future), outcome in zip(group, outcomes, strict=True):
                     future.set_result(outcome)
-                # Let the loop read the requests that arrived meanwhile: they join the next group.
-                await asyncio.sleep(0)
-                await asyncio.sleep(0)
+                await self._gather()
         finally:
             self.busy = False
+
+    async def _gather(self) -> None:
+        """Let the loop read the requests that arrived while a group was written, so that they
+        join the next group: a request takes a few turns of the loop to reach `submit`, and
+        bigger groups amortise a commit (about 1 ms on SQLite) over more events. Stops when
+        the loop turned without bringing a delivery, or the group is full."""
+        idle = 0
+        while idle < IDLE_TURNS and len(self.waiting) < MAX_GROUP:
+            seen = len(self.waiting)
+            await asyncio.sleep(0)
+            idle = idle + 1 if len(self.waiting) == seen else 0
 
 
 class Metrics:

@@ -7,7 +7,7 @@ import asyncio
 import pytest
 
 from core.webhooks import Delivery, Outcome
-from receiver.app import MAX_GROUP, GroupWriter
+from receiver.app import IDLE_TURNS, MAX_GROUP, GroupWriter
 
 
 def _writer(groups: list[list[bytes]], on_loop: bool) -> GroupWriter:
@@ -46,6 +46,30 @@ def test_a_lone_delivery_is_written_at_once_by_itself() -> None:
 
     asyncio.run(one_by_one())
     assert groups == [[b"evt_0"], [b"evt_1"], [b"evt_2"]]
+
+
+def test_deliveries_still_on_their_way_join_the_next_group() -> None:
+    """Requests that need a few turns of the loop to reach the writer (reading their body)
+    are waited for after a group, but not beyond IDLE_TURNS turns that bring nothing."""
+    groups: list[list[bytes]] = []
+    writer = _writer(groups, on_loop=True)
+
+    async def late(name: str, turns: int) -> Outcome:
+        for _ in range(turns):
+            await asyncio.sleep(0)
+        return await writer.submit(Delivery(name.encode(), None))
+
+    async def scenario() -> None:
+        first = asyncio.ensure_future(writer.submit(Delivery(b"first", None)))
+        # Each arrives within IDLE_TURNS turns of the one before, the last one too late.
+        spaced = [late(f"near_{i}", (i + 1) * (IDLE_TURNS - 1)) for i in range(3)]
+        too_late = late("too_late", 3 * (IDLE_TURNS - 1) + 2 * IDLE_TURNS + 4)
+        await asyncio.gather(first, *spaced, too_late)
+
+    asyncio.run(scenario())
+    assert groups[0] == [b"first"]
+    assert groups[1] == [b"near_0", b"near_1", b"near_2"]
+    assert groups[2:] == [[b"too_late"]]
 
 
 def test_a_writer_bug_answers_500_and_the_writer_keeps_working() -> None:
