@@ -24,6 +24,7 @@ from core import access
 from core.__main__ import main as cli
 from core.db import make_engine, session_scope
 from core.settings import get_settings
+from dashboard.auth import COOKIE_NAME
 from tests.conftest import SECRET
 from tests.support.apptest import PASSWORDS, write_users
 from tests.support.dashboard_server import streamlit_dashboard
@@ -124,6 +125,12 @@ def log_in(page: Page, url: str, role: str, password: str | None = None) -> None
     # Then a page's title: from "/", the switch to the landing page waits until the browser has
     # stored the login cookie, and a click before it could be overtaken by that switch.
     expect(page.get_by_role("heading", level=1).first).to_be_visible()
+    # The browser stores the login cookie a moment after the form goes (a component's script):
+    # leaving the page before that would be a new session without it.
+    deadline = time.monotonic() + STEP_TIMEOUT_MS / 1000
+    while not any(c["name"] == COOKIE_NAME for c in page.context.cookies()):
+        assert time.monotonic() < deadline, "the login did not store its cookie"
+        page.wait_for_timeout(50)
 
 
 def nav_links(page: Page) -> set[str]:
@@ -245,7 +252,7 @@ def test_the_login_cookie_survives_a_reload_and_dies_with_its_session(
         expect(page.get_by_text("Payment failed: insufficient_funds")).to_be_visible()
         expect(page.get_by_role("button", name="Log in")).to_have_count(0)
         copied = context.cookies()
-        assert any(c["name"] == "payments_console_session" for c in copied)
+        assert any(c["name"] == COOKIE_NAME for c in copied)
         shot(page, f"{name}-1-after-reload")
 
         if ending == "logout":
@@ -253,7 +260,7 @@ def test_the_login_cookie_survives_a_reload_and_dies_with_its_session(
             shows_only_the_login_form(page, dashboard.facts)
             # The library deleted this browser's cookie (the copy is dealt with below).
             deadline = time.monotonic() + STEP_TIMEOUT_MS / 1000
-            while any(c["name"] == "payments_console_session" for c in context.cookies()):
+            while any(c["name"] == COOKIE_NAME for c in context.cookies()):
                 assert time.monotonic() < deadline, "the logout left the cookie in the browser"
                 time.sleep(0.1)
         else:
