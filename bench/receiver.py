@@ -84,7 +84,7 @@ class Config:
             rate=number("BENCH_RATE", 200),
             connections=number("BENCH_CONNECTIONS", 32),
             wrk_threads=number("BENCH_WRK_THREADS", 1),
-            max_rate=number("BENCH_MAX_RATE", 8000),
+            max_rate=number("BENCH_MAX_RATE", 14000),
             warmup=number("BENCH_WARMUP", 400),
             targets=tuple(t.strip() for t in targets.split(",") if t.strip()),
         )
