@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 import sys
 
-BENCHMARKS = ("receiver", "dashboard", "bursts")
+BENCHMARKS = ("receiver", "hotpath", "dashboard", "bursts")
 
 
 def main(argv: list[str]) -> int:
