@@ -18,7 +18,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection, Dialect, make_url
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
-from sqlalchemy.sql import ClauseElement
+from sqlalchemy.sql import ClauseElement, Insert
 
 SQLITE_BUSY_TIMEOUT_MS = 10_000
 
@@ -211,7 +211,10 @@ class Prepared:
         return cached
 
     def _compile(self, dialect: Dialect, keys: tuple[str, ...]) -> _Plan:
-        compiled: Any = self.statement.compile(dialect=dialect, column_keys=list(keys))
+        statement = self.statement
+        if isinstance(statement, Insert):  # no implicit RETURNING of the new primary key
+            statement = statement.inline()
+        compiled: Any = statement.compile(dialect=dialect, column_keys=list(keys))
         positional = compiled.positiontup is not None
         names = tuple(compiled.positiontup if positional else compiled.binds)
         binds = compiled.binds
