@@ -314,6 +314,18 @@ def _read_points(
     return {key: pts for (key, _span), pts in zip(spans, points, strict=True)}
 
 
+def _locked_flags(
+    session: Session, entities: Sequence[tuple[EntityKind, str]], lo: datetime, hi: datetime
+) -> dict[tuple[str, str, str], list[_FlagRow]]:
+    """Lock `entities` against concurrent detection, then their stored flags overlapping
+    [lo, hi], by (kind, value, pattern)."""
+    _lock_entities(session, entities)
+    found: dict[tuple[str, str, str], list[_FlagRow]] = {}
+    for row in _find_flags(session, entities, lo, hi):
+        found.setdefault((row.entity_kind, row.entity_value, row.pattern), []).append(row)
+    return found
+
+
 def grow(
     session: Session,
     entities: Sequence[tuple[EntityKind, str]],
@@ -329,10 +341,7 @@ def grow(
     recounted by one aggregate query instead of reading all its attempts, which keeps the
     cost flat for busy entities (a promotion code flagged for days)."""
     window = rules.window
-    _lock_entities(session, entities)
-    found: dict[tuple[str, str, str], list[_FlagRow]] = {}
-    for row in _find_flags(session, entities, lo - window, hi):
-        found.setdefault((row.entity_kind, row.entity_value, row.pattern), []).append(row)
+    found = _locked_flags(session, entities, lo - window, hi)
     near = (lo - window, hi)
     by_entity = _read_points(session, [(entity, near) for entity in entities])
     changes = Changes()
@@ -379,10 +388,7 @@ def refresh(
     """Recompute the flags of `entities` for hits with right ends in [lo, hi] (extended over
     any stored flag the range touches) and write the difference."""
     window = rules.window
-    _lock_entities(session, entities)
-    found: dict[tuple[str, str, str], list[_FlagRow]] = {}
-    for row in _find_flags(session, entities, lo - window, hi):
-        found.setdefault((row.entity_kind, row.entity_value, row.pattern), []).append(row)
+    found = _locked_flags(session, entities, lo - window, hi)
     # Extend each range until every stored flag overlapping [x_lo - window, x_hi] lies inside
     # [x_lo, x_hi]: then replacing those flags by the recomputed hits is exact.
     ranges: dict[tuple[EntityKind, str, Pattern], tuple[datetime, datetime]] = {}
