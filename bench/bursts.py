@@ -16,8 +16,8 @@ rows are bulk-loaded before timing.
   `rolling("60min", closed="both").count()` per entity; bursts only (no card testing, no
   merging of windows into flags), i.e. less work than the real detection.
 - incremental: declined attempts recorded one transaction each through
-  `core.handlers.record_attempt`, with and without the burst hook, on the 1M-row database; the
-  hook itself is also timed inside the transaction.
+  `core.webhook.handlers.record_attempt`, with and without the burst hook, on the 1M-row
+  database; the hook itself is also timed inside the transaction.
 """
 
 from __future__ import annotations
@@ -40,10 +40,12 @@ from sqlalchemy import Engine, text
 from sqlalchemy.orm import Session
 
 from bench.common import write_section
-from core import migrate, risk
-from core.bursts import ENTITY_COLUMNS, Rules
+from core import migrate
 from core.db import make_engine, session_scope
-from core.handlers import Context, RecordedAttempt, record_attempt
+from core.risk import batch as risk_batch
+from core.risk import hook
+from core.risk.detector import ENTITY_COLUMNS, Rules
+from core.webhook.handlers import Context, RecordedAttempt, record_attempt
 
 N = int(os.environ.get("BENCH_BURSTS_ATTEMPTS", "1000000"))
 INCREMENTAL = int(os.environ.get("BENCH_BURSTS_INCREMENTAL", "2000"))
@@ -202,11 +204,11 @@ def batch(engine: Engine) -> tuple[float, float, float, int]:
     CPU time is what the work costs whatever else runs), and the flags found."""
     started = time.perf_counter()
     with session_scope(engine) as session:
-        result = risk.detect_period(session, RULES)
+        result = risk_batch.detect_period(session, RULES)
     first = time.perf_counter() - started
     started, cpu = time.perf_counter(), time.process_time()
     with session_scope(engine) as session:
-        again = risk.detect_period(session, RULES)
+        again = risk_batch.detect_period(session, RULES)
     rerun, rerun_cpu = time.perf_counter() - started, time.process_time() - cpu
     assert not (again.changes.created or again.changes.updated or again.changes.removed)
     return first, rerun, rerun_cpu, result.flags
@@ -257,7 +259,7 @@ def incremental(
     sample = frame.iloc[rng.sample(range(len(frame)), 2 * count)]
     hook_times: list[float] = []
     hook_cpu: list[float] = []
-    timed_hook = risk.attempt_hook(RULES)
+    timed_hook = hook.attempt_hook(RULES)
 
     def measured(session: Session, attempt: RecordedAttempt) -> None:
         started, cpu = time.perf_counter(), time.thread_time()

@@ -3,7 +3,7 @@
 `python -m bench dashboard` builds the fixture once per database (bulk inserts straight into
 the migrated schema: this is a benchmark fixture, not the demo, which goes through the webhook
 path), on SQLite and on a throwaway PostgreSQL on 127.0.0.1, then times each page's queries
-exactly as dashboard/data.py calls core.metrics:
+exactly as dashboard/data.py calls core.console:
 
 - cold: the first call in a fresh process with a fresh connection (the OS file cache is left
   as it is);
@@ -19,8 +19,8 @@ revision before the rollup (0001), then migration 0002 creates the rollup and it
 fills it with one GROUP BY over the loaded attempts. That is faster than letting the triggers
 fire on every bulk-loaded row (at scale 0.2 the whole load took 15 s instead of 34 s on
 PostgreSQL; on SQLite the triggers double the time of the attempts' inserts, about 1 s of 5 s)
-and gives the same rows: tests/test_rollup.py and tests/test_migrations.py check the triggers
-and the backfill against a GROUP BY of payment_attempts, and the load checks the rollup's
+and gives the same rows: tests/console/test_rollup.py and tests/test_migrations.py check the
+triggers and the backfill against a GROUP BY of payment_attempts, and the load checks the rollup's
 totals against the attempts.
 
 BENCH_DASHBOARD_SCALE (default 1) shrinks the fixture for development runs.
@@ -391,44 +391,46 @@ def add_rollup(engine: Engine) -> int:
     return int(rollup[0])
 
 
-# --- What each page runs (as dashboard/data.py calls core.metrics) -----------------------------
+# --- What each page runs (as dashboard/data.py calls core.console) -----------------------------
 
 
 def _pages(now: datetime, fixture: dict[str, Any]) -> dict[str, Callable[[Any], Any]]:
-    from core import metrics
-    from core.metrics import Period
+    from core.console import orders
+    from core.console import payments as pay
+    from core.console import webhooks as hooks
+    from core.console.period import Period
 
     period = Period.last(PERIOD_DAYS, now)
 
     def overview(s: Any) -> Any:
-        return metrics.overview(s, period), metrics.overview(s, period.previous())
+        return pay.overview(s, period), pay.overview(s, period.previous())
 
     def payments(s: Any) -> Any:
         return (
-            metrics.payment_rates(s, period, "day", dedupe_cards=False),
-            metrics.payment_rates(s, period, "day", dedupe_cards=True),
-            metrics.decline_reasons(s, period),
-            metrics.volume_by_currency(s, period, "day"),
+            pay.payment_rates(s, period, "day", dedupe_cards=False),
+            pay.payment_rates(s, period, "day", dedupe_cards=True),
+            pay.decline_reasons(s, period),
+            pay.volume_by_currency(s, period, "day"),
         )
 
     def payments_hourly(s: Any) -> Any:
         week = Period.last(7, now)
         return (
-            metrics.payment_rates(s, week, "hour", dedupe_cards=False),
-            metrics.payment_rates(s, week, "hour", dedupe_cards=True),
-            metrics.volume_by_currency(s, week, "hour"),
+            pay.payment_rates(s, week, "hour", dedupe_cards=False),
+            pay.payment_rates(s, week, "hour", dedupe_cards=True),
+            pay.volume_by_currency(s, week, "hour"),
         )
 
     def webhooks(s: Any) -> Any:
         return (
-            metrics.deliveries_by_day(s, period),
-            metrics.retry_stats(s, period),
-            metrics.signature_failures(s, period),
-            metrics.processing_failures(s, period, limit=25),
-            metrics.count_processing_failures(s, period),
-            metrics.webhook_lag(s, period),
-            metrics.oldest_failing_events(s, limit=20),
-            metrics.count_failing_events(s),
+            hooks.deliveries_by_day(s, period),
+            hooks.retry_stats(s, period),
+            hooks.signature_failures(s, period),
+            hooks.processing_failures(s, period, limit=25),
+            hooks.count_processing_failures(s, period),
+            hooks.webhook_lag(s, period),
+            hooks.oldest_failing_events(s, limit=20),
+            hooks.count_failing_events(s),
         )
 
     pages: dict[str, Callable[[Any], Any]] = {
@@ -439,13 +441,13 @@ def _pages(now: datetime, fixture: dict[str, Any]) -> dict[str, Callable[[Any], 
     }
 
     def search(query: str) -> Callable[[Any], Any]:
-        return lambda s: (metrics.search_orders(s, query, limit=25), metrics.count_orders(s, query))
+        return lambda s: (orders.search_orders(s, query, limit=25), orders.count_orders(s, query))
 
     for label, query in fixture["searches"].items():
         pages[f"search: {label}"] = search(query)
     order_id = fixture["timeline_order"]
-    pages["timeline"] = lambda s: (metrics.get_order(s, order_id),
-                                   metrics.order_timeline(s, order_id))  # fmt: skip
+    pages["timeline"] = lambda s: (orders.get_order(s, order_id),
+                                   orders.order_timeline(s, order_id))  # fmt: skip
     return pages
 
 

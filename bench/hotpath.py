@@ -1,5 +1,5 @@
 """Where a webhook event's time goes on SQLite, in-process (no HTTP): verification alone, the
-whole path (`core.webhooks.receive_many`, groups as the receiver makes them under load), and
+whole path (`core.webhook.receive.receive_many`, groups as the receiver makes them under load), and
 the SQLite statements of that same run replayed on a bare sqlite3 connection (what the schema
 itself costs: every row and index the path writes, and the commits). What is left is Python
 around the statements. Set beside the floor's server CPU per event (the receiver benchmark),
@@ -23,10 +23,11 @@ from typing import Any
 import core.db
 from bench.common import write_section
 from bench.receiver import SECRET, event_bodies
-from core import migrate, webhooks
+from core import migrate
 from core.db import make_engine
 from core.runtime import webhook_context
 from core.settings import Settings
+from core.webhook import receive, signature
 
 COMMAND = "python -m bench hotpath"
 _COMMIT = "COMMIT"
@@ -42,11 +43,11 @@ def main() -> None:
     warm = 500
     bodies = event_bodies(warm + events)
     now = int(time.time())
-    deliveries = [webhooks.Delivery(b, webhooks.sign(b, SECRET, now), "127.0.0.1") for b in bodies]
+    deliveries = [receive.Delivery(b, signature.sign(b, SECRET, now), "127.0.0.1") for b in bodies]
 
     started = time.process_time()
     for d in deliveries[warm:]:
-        webhooks.verify(d.payload, d.header, [SECRET], 300)
+        signature.verify(d.payload, d.header, [SECRET], 300)
     verify_ms = _cpu_ms_per_event(time.process_time() - started, events)
 
     with tempfile.TemporaryDirectory(prefix="bench-hotpath-") as tmp:
@@ -69,7 +70,7 @@ def main() -> None:
             spent = 0.0
             for n, batch in enumerate(warm_up + measured):
                 started = time.process_time()
-                outcomes = webhooks.receive_many(
+                outcomes = receive.receive_many(
                     engine, batch, secrets=[SECRET], tolerance=300, ctx=ctx
                 )
                 if n >= len(warm_up):
@@ -132,8 +133,8 @@ same parameters and commits on a bare sqlite3 connection with core.db's PRAGMAs.
 
 | part of one event | CPU per event |
 | --- | ---: |
-| verification: signature, timestamp, UTF-8, JSON, shape (`core.webhooks.verify`) | {verify_ms:.3f} ms |
-| the whole path in-process (`core.webhooks.receive_many`) | {path_ms:.3f} ms |
+| verification: signature, timestamp, UTF-8, JSON, shape (`core.webhook.signature.verify`) | {verify_ms:.3f} ms |
+| the whole path in-process (`core.webhook.receive.receive_many`) | {path_ms:.3f} ms |
 | its SQLite statements and commits, replayed on bare sqlite3 | {sqlite_ms:.3f} ms |
 | Python around the statements (handlers, savepoints, type conversion, bookkeeping) | {python_ms:.3f} ms |
 

@@ -5,8 +5,9 @@ for the real receiver on SQLite and on PostgreSQL, and for the floor of its stac
 
 Every request carries a distinct Stripe-shaped event (checkout.session.completed,
 payment_intent.succeeded and payment_intent.payment_failed, built from Stripe's examples in
-tests/fixtures) signed with core.webhooks.sign just before each phase, so every delivery goes
-through verification, the handler and the database. The load comes from other processes that
+tests/fixtures) signed with core.webhook.signature.sign just before each phase, so every
+delivery goes through verification, the handler and the database. The load comes from other
+processes that
 do no signing while they run:
 
 - saturation: wrk (bench/loadgen.lua) walks a file of pre-signed requests; only 2xx answers whose
@@ -50,7 +51,7 @@ from sqlalchemy import text
 from bench.common import ROOT, write_section
 from core import migrate
 from core.db import make_engine
-from core.webhooks import sign
+from core.webhook.signature import sign
 from tests.support.postgres import PostgresServer
 
 SECRET = "whsec_bench_local_only_not_a_real_secret"

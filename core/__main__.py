@@ -27,16 +27,24 @@ COMMANDS: dict[str, tuple[str, str]] = {
 
 def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    words = list(sys.argv[1:] if argv is None else argv)
     parser = argparse.ArgumentParser(prog="python -m core", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True, metavar="command")
-    runners: dict[str, Callable[[argparse.Namespace], int]] = {}
-    for name, (module_name, help_text) in COMMANDS.items():
-        module = importlib.import_module(module_name)
-        module.add_arguments(sub.add_parser(name, help=help_text, description=help_text))
-        runners[name] = module.run
-    args = parser.parse_args(argv)
+    parsers = {
+        name: sub.add_parser(name, help=help_text, description=help_text)
+        for name, (_module, help_text) in COMMANDS.items()
+    }
+    # Only the command being run is imported (`migrate` loads neither Stripe nor the demo).
+    chosen = next((word for word in words if word in COMMANDS), None)
+    runner: Callable[[argparse.Namespace], int] | None = None
+    if chosen is not None:
+        module = importlib.import_module(COMMANDS[chosen][0])
+        module.add_arguments(parsers[chosen])
+        runner = module.run
+    args = parser.parse_args(words)
+    assert runner is not None  # parse_args exits unless a command was given
     try:
-        return runners[args.command](args)
+        return runner(args)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -289,7 +289,8 @@ class Raw:
 
         Plain SAVEPOINT statements, cheaper than the session's `begin_nested`; the session does
         not see them, so ORM objects written inside the block must be flushed inside it (and
-        code whose flush may fail must bring its own `begin_nested`: see core.fulfillment)."""
+        code whose flush may fail must bring its own `begin_nested`: see
+        core.webhook.fulfillment)."""
         self._run("SAVEPOINT hot_path")
         try:
             yield

@@ -342,7 +342,7 @@ class Alert(Base):
     delivered_at: Mapped[datetime | None]
     delivery_attempts: Mapped[int] = mapped_column(Integer, default=0)
     last_error: Mapped[str | None] = mapped_column(Text)
-    claimed_at: Mapped[datetime | None]  # a run posting it holds this lease (core.alerts)
+    claimed_at: Mapped[datetime | None]  # a run posting it holds this lease (core.console.alerts)
 
 
 # --- Staff, sessions, audit --------------------------------------------------------------------

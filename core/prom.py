@@ -15,9 +15,9 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 from sqlalchemy import Engine
 
-from core import alerts
-from core.bursts import ENTITY_COLUMNS
+from core.console import alerts
 from core.db import session_scope
+from core.risk.detector import ENTITY_COLUMNS
 
 log = logging.getLogger(__name__)
 

@@ -3,14 +3,14 @@ once from its settings."""
 
 from __future__ import annotations
 
-from core import risk
-from core.handlers import Context
+from core.risk import flags, hook
 from core.settings import Settings
+from core.webhook.handlers import Context
 
 
 def webhook_context(settings: Settings) -> Context:
     """The handler context for this deployment's settings."""
     return Context(
         expected_livemode=settings.expected_livemode,
-        on_attempt=(risk.attempt_hook(risk.rules_from(settings)),),
+        on_attempt=(hook.attempt_hook(flags.rules_from(settings)),),
     )

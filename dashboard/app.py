@@ -14,8 +14,8 @@ from pathlib import Path
 
 import streamlit as st
 
-from core import access
-from core.access import Actor
+from core.auth import permissions
+from core.auth.permissions import Actor
 from core.settings import ConfigError, get_settings
 from dashboard import auth
 
@@ -47,7 +47,7 @@ LANDING = ("overview.py", "orders.py")
 
 
 def visible_pages(role: str | None) -> list[PageSpec]:
-    return [spec for spec in PAGES if access.allowed(role, spec.permission)]
+    return [spec for spec in PAGES if permissions.allowed(role, spec.permission)]
 
 
 def landing_file(role: str | None) -> str | None:

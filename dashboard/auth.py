@@ -4,7 +4,7 @@
 
     actor = require("orders.view")   # first line of a page: refusal + st.stop() if not allowed
 
-How login works: streamlit-authenticator's widget and cookie, core.access's rules
+How login works: streamlit-authenticator's widget and cookie, core.auth's rules
 ---------------------------------------------------------------------------------
 The entrypoint calls `authenticate()` once per run. It builds a
 ``streamlit_authenticator.Authenticate`` (0.4.2) from the users file (AUTH_CONFIG, already in
@@ -20,8 +20,8 @@ adapters (`Authenticate.login` only calls ``authentication_controller.login`` an
 ``authentication_controller.logout`` and ``cookie_controller.delete_cookie``):
 
 - `_CoreLogin` stands in for the authentication controller. A submitted form goes to
-  ``core.access.login``: the lockout first (5 failures within 15 minutes per username, unknown
-  usernames alike, counted in the database), then the bcrypt hash; one message for a wrong
+  ``core.auth.sessions.login``: the lockout first (5 failures within 15 minutes per username,
+  unknown usernames alike, counted in the database), then the bcrypt hash; one message for a wrong
   password or an unknown user, one for a locked username; every outcome audited. A success
   opens a server-side session: a random token of which ``user_sessions`` stores only an HMAC
   keyed by COOKIE_KEY. Only then is the library told who logged in (through its own token
@@ -62,11 +62,11 @@ import streamlit_authenticator as stauth
 from sqlalchemy.exc import SQLAlchemyError
 from streamlit.delta_generator import DeltaGenerator
 
-from core import access
-from core.access import Actor
+from core.auth import permissions, sessions
+from core.auth.permissions import Actor
+from core.auth.users import User, UsersError, as_credentials, load_users
 from core.db import get_engine, session_scope
 from core.settings import get_settings
-from core.users import User, UsersError, as_credentials, load_users
 
 TOKEN_KEY = "_auth_session_token"  # noqa: S105 (a session-state key, not a secret)
 COOKIE_PENDING_KEY = "_auth_cookie_pending"
@@ -114,10 +114,10 @@ def _resume(token: str, users: Mapping[str, User] | None) -> Actor | None:
     try:
         try:
             with session_scope(engine, write=False) as session:
-                return access.resume(session, token, users=users or {}, write=False)
-        except access.NeedsWrite:
+                return sessions.resume(session, token, users=users or {}, write=False)
+        except sessions.NeedsWrite:
             with session_scope(engine) as session:
-                return access.resume(session, token, users=users or {})
+                return sessions.resume(session, token, users=users or {})
     except SQLAlchemyError:
         _refuse(UNAVAILABLE)  # fail closed, without a stack trace
 
@@ -171,9 +171,15 @@ def require(permission: str) -> Actor:
     actor = current_actor()
     if actor is None:
         _refuse(NOT_LOGGED_IN)
-    if not access.allowed(actor.role, permission):
+    if not permissions.allowed(actor.role, permission):
         _refuse(FORBIDDEN)
     return actor
+
+
+def may(actor: Actor, permission: str) -> bool:
+    """Whether `actor` may do `permission`: for showing or hiding a part of a page (core checks
+    again when it is used)."""
+    return permissions.allowed(actor.role, permission)
 
 
 def cookie_pending() -> bool:
@@ -182,7 +188,7 @@ def cookie_pending() -> bool:
     return bool(st.session_state.get(COOKIE_PENDING_KEY))
 
 
-# --- streamlit-authenticator, with core.access behind it ---------------------------------------
+# --- streamlit-authenticator, with core.auth behind it ---------------------------------------
 
 
 class _SessionCookie:
@@ -269,7 +275,7 @@ class _CoreLogin:
         settings = get_settings()
         try:
             with session_scope(get_engine()) as session:
-                result = access.login(
+                result = sessions.login(
                     session,
                     self._users,
                     username,
@@ -281,7 +287,7 @@ class _CoreLogin:
             _refuse(UNAVAILABLE)
         if not result.ok or result.actor is None or result.token is None:
             st.session_state["authentication_status"] = False
-            self.error = result.message or access.BAD_CREDENTIALS
+            self.error = result.message or sessions.BAD_CREDENTIALS
             return False
         st.session_state[TOKEN_KEY] = result.token
         st.session_state[COOKIE_PENDING_KEY] = True
@@ -349,7 +355,7 @@ def _logout(authenticator: Any) -> None:
     try:
         if token:
             with session_scope(get_engine()) as session:
-                access.logout(session, token)
+                sessions.logout(session, token)
     except SQLAlchemyError:
         _refuse(UNAVAILABLE)
     finally:

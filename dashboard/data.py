@@ -2,7 +2,7 @@
 
 Each public function checks the actor's permission in core first (the navigation hiding a
 page is not the control), then returns a briefly cached result of a read-only query from
-core.metrics. Caches are keyed by database URL and by the exact inputs; emails are masked
+core.console. Caches are keyed by database URL and by the exact inputs; emails are masked
 after the cache, per actor, so one role's view never leaks into another's.
 """
 
@@ -10,31 +10,31 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from datetime import datetime
-from typing import Any, ParamSpec, TypeVar
+from typing import Any
 
 import pandas as pd
 import streamlit as st
-from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
-from core import alerts, audit, metrics
-from core.access import Actor, allowed, mask_email, require
+from core.auth import audit
+from core.auth.audit import AuditFilter as AuditFilter  # the pages build filters
+from core.auth.permissions import Actor, allowed, mask_email, require
+from core.console import alerts, orders, payments, webhooks
+from core.console.orders import OrderDetail, TimelineEntry
+from core.console.period import Grain, Period
+from core.console.webhooks import RetryStats
 from core.db import get_engine, session_scope
-from core.metrics import Grain, OrderDetail, Period, RetryStats, TimelineEntry
 from core.settings import get_settings
+from dashboard.guard import shown
 
 # Aggregates a minute old are fine for trends; a lookup should show what just happened.
 METRICS_TTL_S = 60
 LOOKUP_TTL_S = 10
 CACHE_ENTRIES = 256
-UNAVAILABLE = "The database is not reachable right now. Try again in a minute."
-
-P = ParamSpec("P")
-R = TypeVar("R")
 
 
 def _url() -> str:
@@ -47,41 +47,24 @@ def _read(url: str) -> Iterator[Session]:
         yield session
 
 
-def _guarded(func: Callable[P, R]) -> Callable[P, R]:
-    """A database outage becomes a short message on the page, not a stack trace."""
-
-    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
-        try:
-            return func(*args, **kwargs)
-        except SQLAlchemyError:
-            st.error(UNAVAILABLE, icon=":material/cloud_off:")
-            st.stop()
-            raise  # st.stop() raises; this keeps the type checker informed
-
-    wrapper.__name__ = func.__name__
-    wrapper.__doc__ = func.__doc__
-    return wrapper
-
-
 def clear() -> None:
     """Forget every cached result (tests; after an operator action that changes data)."""
-    for cached in _CACHED:
-        cached.clear()
+    st.cache_data.clear()
 
 
 # --- Overview ----------------------------------------------------------------------------------
 
 
 @st.cache_data(ttl=METRICS_TTL_S, max_entries=CACHE_ENTRIES, show_spinner=False)
-def _overview(url: str, start: datetime, end: datetime) -> metrics.Overview:
+def _overview(url: str, start: datetime, end: datetime) -> payments.Overview:
     with _read(url) as session:
-        return metrics.overview(session, Period(start, end))
+        return payments.overview(session, Period(start, end))
 
 
-@_guarded
-def overview(actor: Actor, period: Period) -> tuple[metrics.Overview, metrics.Overview]:
+@shown
+def overview(actor: Actor, period: Period) -> tuple[payments.Overview, payments.Overview]:
     """The period's figures and those of the period before it."""
-    require(actor, "metrics.view")
+    require(actor, "webhooks.view")
     before = period.previous()
     return _overview(_url(), period.start, period.end), _overview(_url(), before.start, before.end)
 
@@ -93,8 +76,8 @@ def overview(actor: Actor, period: Period) -> tuple[metrics.Overview, metrics.Ov
 def _payment_rates(url: str, start: datetime, end: datetime, grain: Grain) -> pd.DataFrame:
     period = Period(start, end)
     with _read(url) as session:
-        raw = metrics.payment_rates(session, period, grain, dedupe_cards=False)
-        cards = metrics.payment_rates(session, period, grain, dedupe_cards=True)
+        raw = payments.payment_rates(session, period, grain, dedupe_cards=False)
+        cards = payments.payment_rates(session, period, grain, dedupe_cards=True)
     cards = cards.rename(
         columns={
             "attempts": "cards",
@@ -107,35 +90,35 @@ def _payment_rates(url: str, start: datetime, end: datetime, grain: Grain) -> pd
     return raw.merge(cards, on="bucket", how="outer").sort_values("bucket", ignore_index=True)
 
 
-@_guarded
+@shown
 def payment_rates(actor: Actor, period: Period, grain: Grain) -> pd.DataFrame:
     """Per bucket: attempts and rates counted raw, and per card (deduplicated by fingerprint)."""
-    require(actor, "metrics.view")
+    require(actor, "webhooks.view")
     return _payment_rates(_url(), period.start, period.end, grain)
 
 
 @st.cache_data(ttl=METRICS_TTL_S, max_entries=CACHE_ENTRIES, show_spinner=False)
 def _decline_reasons(url: str, start: datetime, end: datetime) -> pd.DataFrame:
     with _read(url) as session:
-        return metrics.decline_reasons(session, Period(start, end))
+        return payments.decline_reasons(session, Period(start, end))
 
 
-@_guarded
+@shown
 def decline_reasons(actor: Actor, period: Period) -> pd.DataFrame:
-    require(actor, "metrics.view")
+    require(actor, "webhooks.view")
     return _decline_reasons(_url(), period.start, period.end)
 
 
 @st.cache_data(ttl=METRICS_TTL_S, max_entries=CACHE_ENTRIES, show_spinner=False)
 def _volume_by_currency(url: str, start: datetime, end: datetime, grain: Grain) -> pd.DataFrame:
     with _read(url) as session:
-        return metrics.volume_by_currency(session, Period(start, end), grain)
+        return payments.volume_by_currency(session, Period(start, end), grain)
 
 
-@_guarded
+@shown
 def volume_by_currency(actor: Actor, period: Period, grain: Grain) -> pd.DataFrame:
     """Succeeded volume per bucket and currency, in integer minor units."""
-    require(actor, "metrics.view")
+    require(actor, "webhooks.view")
     return _volume_by_currency(_url(), period.start, period.end, grain)
 
 
@@ -154,12 +137,12 @@ class OrderPage:
 def _search_orders(url: str, query: str, limit: int, offset: int) -> OrderPage:
     with _read(url) as session:
         return OrderPage(
-            metrics.search_orders(session, query, limit=limit, offset=offset),
-            metrics.count_orders(session, query),
+            orders.search_orders(session, query, limit=limit, offset=offset),
+            orders.count_orders(session, query),
         )
 
 
-@_guarded
+@shown
 def search_orders(actor: Actor, query: str, *, limit: int, offset: int) -> OrderPage:
     """Orders matching `query` (email, order id, cs_, pi_, cus_, ch_, card last4), newest first."""
     require(actor, "orders.view")
@@ -174,10 +157,10 @@ def search_orders(actor: Actor, query: str, *, limit: int, offset: int) -> Order
 @st.cache_data(ttl=LOOKUP_TTL_S, max_entries=CACHE_ENTRIES, show_spinner=False)
 def _order(url: str, order_id: int) -> OrderDetail | None:
     with _read(url) as session:
-        return metrics.get_order(session, order_id)
+        return orders.get_order(session, order_id)
 
 
-@_guarded
+@shown
 def order(actor: Actor, order_id: int) -> OrderDetail | None:
     require(actor, "orders.view")
     found = _order(_url(), order_id)
@@ -189,10 +172,10 @@ def order(actor: Actor, order_id: int) -> OrderDetail | None:
 @st.cache_data(ttl=LOOKUP_TTL_S, max_entries=CACHE_ENTRIES, show_spinner=False)
 def _timeline(url: str, order_id: int) -> list[TimelineEntry]:
     with _read(url) as session:
-        return metrics.order_timeline(session, order_id)
+        return orders.order_timeline(session, order_id)
 
 
-@_guarded
+@shown
 def timeline(actor: Actor, order_id: int) -> list[TimelineEntry]:
     """The order's one timeline, oldest first; emails inside it masked unless allowed."""
     require(actor, "orders.view")
@@ -248,10 +231,10 @@ def _recent_alerts(url: str, limit: int) -> pd.DataFrame:
         )
 
 
-@_guarded
+@shown
 def recent_alerts(actor: Actor, *, limit: int = 10) -> pd.DataFrame:
     """The latest alerts (new flags, decline and webhook spikes), newest first."""
-    require(actor, "metrics.view")
+    require(actor, "webhooks.view")
     frame = _recent_alerts(_url(), limit)
     if not _sees_full_emails(actor):
         frame = frame.assign(message=frame["message"].map(_mask_text))
@@ -264,36 +247,36 @@ def recent_alerts(actor: Actor, *, limit: int = 10) -> pd.DataFrame:
 @st.cache_data(ttl=METRICS_TTL_S, max_entries=CACHE_ENTRIES, show_spinner=False)
 def _deliveries_by_day(url: str, start: datetime, end: datetime) -> pd.DataFrame:
     with _read(url) as session:
-        return metrics.deliveries_by_day(session, Period(start, end))
+        return webhooks.deliveries_by_day(session, Period(start, end))
 
 
-@_guarded
+@shown
 def deliveries_by_day(actor: Actor, period: Period) -> pd.DataFrame:
-    require(actor, "metrics.view")
+    require(actor, "webhooks.view")
     return _deliveries_by_day(_url(), period.start, period.end)
 
 
 @st.cache_data(ttl=METRICS_TTL_S, max_entries=CACHE_ENTRIES, show_spinner=False)
 def _retry_stats(url: str, start: datetime, end: datetime) -> RetryStats:
     with _read(url) as session:
-        return metrics.retry_stats(session, Period(start, end))
+        return webhooks.retry_stats(session, Period(start, end))
 
 
-@_guarded
+@shown
 def retry_stats(actor: Actor, period: Period) -> RetryStats:
-    require(actor, "metrics.view")
+    require(actor, "webhooks.view")
     return _retry_stats(_url(), period.start, period.end)
 
 
 @st.cache_data(ttl=METRICS_TTL_S, max_entries=CACHE_ENTRIES, show_spinner=False)
 def _signature_failures(url: str, start: datetime, end: datetime) -> pd.DataFrame:
     with _read(url) as session:
-        return metrics.signature_failures(session, Period(start, end))
+        return webhooks.signature_failures(session, Period(start, end))
 
 
-@_guarded
+@shown
 def signature_failures(actor: Actor, period: Period) -> pd.DataFrame:
-    require(actor, "metrics.view")
+    require(actor, "webhooks.view")
     return _signature_failures(_url(), period.start, period.end)
 
 
@@ -310,15 +293,15 @@ def _processing_failures(
     period = Period(start, end)
     with _read(url) as session:
         return TablePage(
-            metrics.processing_failures(session, period, limit=limit, offset=offset),
-            metrics.count_processing_failures(session, period),
+            webhooks.processing_failures(session, period, limit=limit, offset=offset),
+            webhooks.count_processing_failures(session, period),
         )
 
 
-@_guarded
+@shown
 def processing_failures(actor: Actor, period: Period, *, limit: int, offset: int) -> TablePage:
     """Deliveries whose handler failed, newest first, one page at a time."""
-    require(actor, "metrics.view")
+    require(actor, "webhooks.view")
     page = _processing_failures(_url(), period.start, period.end, limit, offset)
     return _mask_column(actor, page, "error")
 
@@ -326,12 +309,12 @@ def processing_failures(actor: Actor, period: Period, *, limit: int, offset: int
 @st.cache_data(ttl=METRICS_TTL_S, max_entries=CACHE_ENTRIES, show_spinner=False)
 def _webhook_lag(url: str, start: datetime, end: datetime) -> pd.DataFrame:
     with _read(url) as session:
-        return metrics.webhook_lag(session, Period(start, end))
+        return webhooks.webhook_lag(session, Period(start, end))
 
 
-@_guarded
+@shown
 def webhook_lag(actor: Actor, period: Period) -> pd.DataFrame:
-    require(actor, "metrics.view")
+    require(actor, "webhooks.view")
     return _webhook_lag(_url(), period.start, period.end)
 
 
@@ -339,15 +322,15 @@ def webhook_lag(actor: Actor, period: Period) -> pd.DataFrame:
 def _oldest_failing_events(url: str, limit: int) -> TablePage:
     with _read(url) as session:
         return TablePage(
-            metrics.oldest_failing_events(session, limit=limit),
-            metrics.count_failing_events(session),
+            webhooks.oldest_failing_events(session, limit=limit),
+            webhooks.count_failing_events(session),
         )
 
 
-@_guarded
+@shown
 def oldest_failing_events(actor: Actor, *, limit: int = 20) -> TablePage:
     """Events whose processing still fails, oldest first, and how many fail in all."""
-    require(actor, "metrics.view")
+    require(actor, "webhooks.view")
     return _mask_column(actor, _oldest_failing_events(_url(), limit), "last_error")
 
 
@@ -367,7 +350,7 @@ def _mask_column(actor: Actor, page: TablePage, column: str) -> TablePage:
 
 
 @st.cache_data(ttl=LOOKUP_TTL_S, max_entries=CACHE_ENTRIES, show_spinner=False)
-def _audit_log(url: str, filters: audit.AuditFilter, limit: int, offset: int) -> TablePage:
+def _audit_log(url: str, filters: AuditFilter, limit: int, offset: int) -> TablePage:
     with _read(url) as session:
         page = audit.search(session, filters, limit=limit, offset=offset)
         records = [
@@ -394,8 +377,8 @@ AUDIT_COLUMNS = (
 )  # fmt: skip
 
 
-@_guarded
-def audit_log(actor: Actor, filters: audit.AuditFilter, *, limit: int, offset: int) -> TablePage:
+@shown
+def audit_log(actor: Actor, filters: AuditFilter, *, limit: int, offset: int) -> TablePage:
     """One page of audit entries matching `filters`, newest first, and how many match."""
     require(actor, "audit.view")
     return _audit_log(_url(), filters, limit, offset)
@@ -407,7 +390,7 @@ def _audit_choices(url: str) -> tuple[list[str], list[str]]:
         return audit.distinct_values(session, "actor"), audit.distinct_values(session, "action")
 
 
-@_guarded
+@shown
 def audit_choices(actor: Actor) -> tuple[list[str], list[str]]:
     """The actors and the actions present in the log, for the filters."""
     require(actor, "audit.view")
@@ -421,29 +404,8 @@ def _audit_chain(url: str) -> audit.ChainStatus:
         return audit.verify(session)
 
 
-@_guarded
+@shown
 def audit_chain(actor: Actor) -> audit.ChainStatus:
     """Whether every entry of the hash chain verifies, and where it breaks if not."""
     require(actor, "audit.view")
     return _audit_chain(_url())
-
-
-_CACHED = (
-    _overview,
-    _recent_alerts,
-    _payment_rates,
-    _decline_reasons,
-    _volume_by_currency,
-    _search_orders,
-    _order,
-    _timeline,
-    _deliveries_by_day,
-    _retry_stats,
-    _signature_failures,
-    _processing_failures,
-    _webhook_lag,
-    _oldest_failing_events,
-    _audit_log,
-    _audit_choices,
-    _audit_chain,
-)

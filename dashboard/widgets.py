@@ -14,7 +14,7 @@ import plotly.graph_objects as go
 import streamlit as st
 from streamlit.delta_generator import DeltaGenerator
 
-from core.metrics import GRAINS, Grain, Period
+from core.console.period import GRAINS, Grain, Period
 from core.money import format_minor, to_major
 
 PRESETS: dict[str, int] = {

@@ -6,7 +6,6 @@ from datetime import UTC, date, datetime, time, timedelta
 
 import streamlit as st
 
-from core.audit import AuditFilter
 from dashboard import data, widgets
 from dashboard.auth import require
 
@@ -44,7 +43,7 @@ days = [
     day for day in (picked if isinstance(picked, tuple) else (picked,)) if isinstance(day, date)
 ]
 start, end = (min(days), max(days)) if days else (today, today)  # one date while picking the second
-filters = AuditFilter(
+filters = data.AuditFilter(
     actor=None if who == ANYONE else who,
     action=None if what == ANYONE else what,
     since=datetime.combine(start, time.min, UTC),

@@ -8,11 +8,9 @@ from collections.abc import Callable
 
 import streamlit as st
 
-from core.access import allowed
-from core.fulfillment import ManualOutcome
-from dashboard import stripe_views as views
+from dashboard import live as views
 from dashboard import widgets
-from dashboard.auth import require
+from dashboard.auth import may, require
 
 actor = require("fulfillment.request")
 st.title("Manual fulfillment")
@@ -24,7 +22,7 @@ st.caption(
 )
 
 
-def show(outcome: ManualOutcome) -> None:
+def show(outcome: views.ManualOutcome) -> None:
     if outcome.ok:  # rerun so the tables above show the change
         widgets.flash("fulfillment", outcome.message)
         st.rerun()
@@ -36,7 +34,7 @@ def show(outcome: ManualOutcome) -> None:
 
 def order_form(
     form: str, prefix: str, reason_label: str, button: str,
-    act: Callable[[int, str, str], ManualOutcome],
+    act: Callable[[int, str, str], views.ManualOutcome],
 ) -> None:  # fmt: skip
     """An order id, a written reason and the order id typed again, then `act`."""
     with st.form(form):
@@ -66,7 +64,7 @@ order_form(
     lambda order_id, reason, typed: views.request_fulfillment(actor, order_id, reason, typed),
 )  # fmt: skip
 
-if allowed(actor.role, "fulfillment.approve"):
+if may(actor, "fulfillment.approve"):
     st.subheader("Requests waiting for approval")
     pending = views.requests(actor, pending_only=True)
     if not pending:

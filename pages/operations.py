@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from dashboard import stripe_views as views
+from dashboard import live as views
 from dashboard.auth import require
 
 actor = require("events.replay")

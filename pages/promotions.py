@@ -7,10 +7,9 @@ from datetime import UTC, datetime, time
 
 import streamlit as st
 
-from core.access import allowed
-from dashboard import stripe_views as views
+from dashboard import live as views
 from dashboard import widgets
-from dashboard.auth import require
+from dashboard.auth import may, require
 
 actor = require("promotions.view")
 st.title("Promotion codes")
@@ -46,7 +45,7 @@ if per_code.empty:
 else:
     st.dataframe(per_code, hide_index=True, key="promo_usage")
 
-if allowed(actor.role, "promotions.manage"):
+if may(actor, "promotions.manage"):
     st.divider()
     st.subheader("Create a code")
     coupons = sorted({c.coupon.id: c.coupon.describe() for c in codes if c.coupon}.items())

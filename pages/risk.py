@@ -5,7 +5,7 @@ from __future__ import annotations
 import plotly.graph_objects as go
 import streamlit as st
 
-from dashboard import risk_views as views
+from dashboard import live as views
 from dashboard.auth import require
 
 actor = require("risk.review")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from dashboard import data, stripe_views, widgets
+from dashboard import data, live, widgets
 from dashboard.auth import require
 
 FAILURES_PAGE = 20
@@ -89,4 +89,4 @@ else:
 # --- Webhook endpoint health ---------------------------------------------------------------------
 # Another engineer adds the "Webhook endpoint health" section here (Stripe's view of the endpoint:
 # enabled events, status, API version), below everything computed from our own tables.
-stripe_views.render_endpoint_health(actor)
+live.render_endpoint_health(actor)

@@ -5,21 +5,13 @@ uvicorn receiver.app:app --host 127.0.0.1 --port 8000
 
 from __future__ import annotations
 
-import asyncio
 import functools
-import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
-from prometheus_client import (
-    CONTENT_TYPE_LATEST,
-    CollectorRegistry,
-    Counter,
-    Histogram,
-    generate_latest,
-)
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import Engine, text
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
@@ -29,103 +21,57 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from core import webhooks
 from core.db import get_engine, is_sqlite
-from core.prom import SignalsCollector
 from core.runtime import webhook_context
 from core.settings import ConfigError, Settings, get_settings
-
-log = logging.getLogger("receiver")
-
-
-MAX_GROUP = 64  # deliveries per group commit: bounds the wait of the first one in a group
-IDLE_TURNS = 3  # turns of the event loop without a new delivery that end the gathering
+from core.webhook import receive, signature
+from receiver.group import GroupWriter
+from receiver.metrics import Metrics
 
 
 @dataclass
 class State:
     engine: Engine
     writer: GroupWriter
+    metrics: Metrics
 
 
-class GroupWriter:
-    """Group commit: one writer per process; deliveries that arrive while it writes a group
-    wait and go together in the next one (core.webhooks.receive_many), each answered only
-    after the commit that holds it. Alone, a delivery is written at once, by itself.
-
-    SQLite takes one writer at a time, so its groups are written on the event loop (a thread
-    would only add hand-offs); PostgreSQL's are written in a thread, the loop reading on."""
-
-    def __init__(self, write: Callable[[list[webhooks.Delivery]], list[webhooks.Outcome]],
-                 on_loop: bool) -> None:  # fmt: skip
-        self.write = write
-        self.on_loop = on_loop
-        self.waiting: list[tuple[webhooks.Delivery, asyncio.Future[webhooks.Outcome]]] = []
-        self.busy = False
-        self.task: asyncio.Task[None] | None = None  # referenced, so never collected mid-run
-
-    async def submit(self, delivery: webhooks.Delivery) -> webhooks.Outcome:
-        future = asyncio.get_running_loop().create_future()
-        self.waiting.append((delivery, future))
-        if not self.busy:
-            self.busy = True
-            self.task = asyncio.get_running_loop().create_task(self._drain())
-        # Shielded: a client that hangs up does not stop its delivery from being written.
-        return await asyncio.shield(future)
-
-    async def _drain(self) -> None:
-        try:
-            while self.waiting:
-                group, self.waiting = self.waiting[:MAX_GROUP], self.waiting[MAX_GROUP:]
-                deliveries = [delivery for delivery, _ in group]
-                try:
-                    if self.on_loop:
-                        outcomes = self.write(deliveries)
-                    else:
-                        outcomes = await run_in_threadpool(self.write, deliveries)
-                    if len(outcomes) != len(group):
-                        raise RuntimeError(f"{len(outcomes)} answers for {len(group)} deliveries")
-                except Exception:  # receive_many answers every failure itself; this is a bug
-                    log.exception("webhook group writer failed")
-                    outcomes = [webhooks.Outcome(500, "error", "processing_failed")] * len(group)
-                for (_, future), outcome in zip(group, outcomes, strict=True):
-                    future.set_result(outcome)
-                await self._gather()
-        finally:
-            self.busy = False
-
-    async def _gather(self) -> None:
-        """Let the loop read the requests that arrived while a group was written, so that they
-        join the next group: a request takes a few turns of the loop to reach `submit`, and
-        bigger groups amortise a commit (about 1 ms on SQLite) over more events. Stops when
-        the loop turned without bringing a delivery, or the group is full."""
-        idle = 0
-        while idle < IDLE_TURNS and len(self.waiting) < MAX_GROUP:
-            seen = len(self.waiting)
-            await asyncio.sleep(0)
-            idle = idle + 1 if len(self.waiting) == seen else 0
+def _state(request: Request) -> State:
+    state: State = request.app.state.receiver
+    return state
 
 
-class Metrics:
-    def __init__(self) -> None:
-        self.registry = CollectorRegistry()
-        self.deliveries = Counter(
-            "webhook_deliveries",
-            "Webhook deliveries by outcome and rejection reason",
-            ["outcome", "reason"],
-            registry=self.registry,
-        )
-        self.latency = Histogram(
-            "webhook_processing_seconds",
-            "Time to verify, record and apply one delivery",
-            ["outcome"],
-            registry=self.registry,
-            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
-        )
+async def stripe_webhook(request: Request) -> Response:
+    s = _state(request)
+    started = time.perf_counter()
+    body, too_large = await _read_capped(request, signature.MAX_BODY_BYTES)
+    delivery = receive.Delivery(
+        body,
+        request.headers.get("stripe-signature"),
+        remote_addr=request.client.host if request.client else None,
+        too_large=too_large,
+    )
+    outcome = await s.writer.submit(delivery)
+    s.metrics.observe(outcome, time.perf_counter() - started)
+    return JSONResponse(outcome.body(), status_code=outcome.status)
+
+
+async def healthz(request: Request) -> Response:
+    try:
+        await run_in_threadpool(_ping, _state(request).engine)
+    except Exception:
+        return JSONResponse({"status": "unhealthy", "database": "unavailable"}, 503)
+    return JSONResponse({"status": "ok", "database": "ok"})
+
+
+async def prometheus(request: Request) -> Response:
+    registry = _state(request).metrics.registry
+    body = await run_in_threadpool(generate_latest, registry)  # queries the database
+    return Response(body, media_type=CONTENT_TYPE_LATEST)
 
 
 async def _read_capped(request: Request, limit: int) -> tuple[bytes, bool]:
-    """The raw body, or (prefix, True) when it exceeds `limit` bytes."""
+    """The raw body, or (b"", True) when it exceeds `limit` bytes."""
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > limit:
         return b"", True
@@ -139,15 +85,16 @@ async def _read_capped(request: Request, limit: int) -> tuple[bytes, bool]:
     return b"".join(chunks), False
 
 
-def create_app(settings: Settings | None = None) -> Starlette:
-    metrics = Metrics()
-    state: dict[str, State] = {}
-    metrics.registry.register(SignalsCollector(lambda: state["s"].engine))  # read at scrape time
+def _ping(engine: Engine) -> None:
+    with engine.connect() as conn:
+        conn.execute(text("SELECT 1"))
 
+
+def create_app(settings: Settings | None = None) -> Starlette:
     refusal: list[str] = []
 
     @asynccontextmanager
-    async def lifespan(_app: Starlette) -> AsyncIterator[None]:
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
         try:
             conf = settings or get_settings()
             secrets = conf.require_webhook_secrets()  # refuse to start without one
@@ -156,40 +103,15 @@ def create_app(settings: Settings | None = None) -> Starlette:
             raise
         engine = get_engine(conf.database_url)
         write = functools.partial(
-            webhooks.receive_many,
+            receive.receive_many,
             engine,
             secrets=secrets,
             tolerance=conf.stripe_webhook_tolerance,
             ctx=webhook_context(conf),
         )
-        state["s"] = State(engine, GroupWriter(write, on_loop=is_sqlite(engine)))
+        writer = GroupWriter(write, on_loop=is_sqlite(engine))
+        app.state.receiver = State(engine, writer, Metrics(engine))
         yield
-
-    async def stripe_webhook(request: Request) -> Response:
-        s = state["s"]
-        started = time.perf_counter()
-        body, too_large = await _read_capped(request, webhooks.MAX_BODY_BYTES)
-        delivery = webhooks.Delivery(
-            body,
-            request.headers.get("stripe-signature"),
-            remote_addr=request.client.host if request.client else None,
-            too_large=too_large,
-        )
-        outcome = await s.writer.submit(delivery)
-        metrics.deliveries.labels(outcome.result, outcome.reason or "").inc()
-        metrics.latency.labels(outcome.result).observe(time.perf_counter() - started)
-        return JSONResponse(outcome.body(), status_code=outcome.status)
-
-    async def healthz(_request: Request) -> Response:
-        try:
-            await run_in_threadpool(_ping, state["s"].engine)
-        except Exception:
-            return JSONResponse({"status": "unhealthy", "database": "unavailable"}, 503)
-        return JSONResponse({"status": "ok", "database": "ok"})
-
-    async def prometheus(_request: Request) -> Response:
-        body = await run_in_threadpool(generate_latest, metrics.registry)  # queries the database
-        return Response(body, media_type=CONTENT_TYPE_LATEST)
 
     return Starlette(
         routes=[
@@ -221,11 +143,6 @@ class CleanRefusal:
             await send(message)
 
         await self.app(scope, receive, clean_send)
-
-
-def _ping(engine: Engine) -> None:
-    with engine.connect() as conn:
-        conn.execute(text("SELECT 1"))
 
 
 app = create_app()

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 
-from core import alerts
+from core.console import alerts
 from core.db import get_engine
 from core.settings import get_settings
 

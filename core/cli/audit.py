@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from core import audit
+from core.auth import audit
 from core.db import get_engine, session_scope
 from core.settings import get_settings
 

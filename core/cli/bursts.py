@@ -10,8 +10,9 @@ import argparse
 import time
 from datetime import UTC, datetime
 
-from core import alerts, risk
+from core.console import alerts
 from core.db import get_engine, session_scope
+from core.risk import batch, flags
 from core.settings import get_settings
 
 
@@ -42,7 +43,7 @@ def run(args: argparse.Namespace) -> int:
     engine = get_engine(settings.database_url)
     started = time.perf_counter()
     with session_scope(engine) as session:
-        result = risk.detect_period(session, risk.rules_from(settings), args.since, args.until)
+        result = batch.detect_period(session, flags.rules_from(settings), args.since, args.until)
     elapsed = time.perf_counter() - started
     changes = result.changes
     print(

@@ -7,10 +7,11 @@ import dataclasses
 import logging
 import sys
 
-from core import demo, risk
 from core.db import get_engine
+from core.risk import flags
 from core.runtime import webhook_context
 from core.settings import get_settings
+from demo import generator as demo
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -38,12 +39,12 @@ def run(args: argparse.Namespace) -> int:
     context = dataclasses.replace(webhook_context(settings), on_attempt=())
     # The simulated outages and bursts would log a line each, as they do in production; here
     # they are planned, and the summary below counts them.
-    for name in ("core.webhooks", "core.fulfillment", "core.risk"):
+    for name in ("core.webhook", "core.webhook.fulfillment", "core.risk"):
         logging.getLogger(name).setLevel(logging.CRITICAL)
     report = demo.run(
         get_engine(settings.database_url),
         context,
-        risk_rules=risk.rules_from(settings),
+        risk_rules=flags.rules_from(settings),
         orders=args.orders,
         days=args.days,
         seed=args.seed,

@@ -6,12 +6,12 @@ from __future__ import annotations
 import argparse
 import sys
 
-from core.access import Actor
+from core.auth.permissions import Actor
+from core.console.reconcile import RETENTION_DAYS, reconcile
+from core.console.stripe_api import StripeProblem, client_from_settings
 from core.db import get_engine
-from core.reconcile import RETENTION_DAYS, reconcile
 from core.runtime import webhook_context
 from core.settings import get_settings
-from core.stripe_api import StripeProblem, client_from_settings
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -6,9 +6,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from core.access import Actor
+from core.auth.permissions import Actor
+from core.console.reconcile import replay
 from core.db import get_engine
-from core.reconcile import replay
 from core.runtime import webhook_context
 from core.settings import get_settings
 

@@ -8,7 +8,7 @@ import sys
 
 from core.db import get_engine
 from core.settings import get_settings
-from core.standin import StandIn, make_server
+from demo.standin import StandIn, make_server
 
 DEFAULT_PORT = 12111
 

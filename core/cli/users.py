@@ -13,12 +13,10 @@ import sys
 from collections.abc import Mapping
 from pathlib import Path
 
-from core import access
-from core.access import ROLES, Actor
-from core.audit import record
-from core.db import get_engine, session_scope
-from core.settings import Settings, get_settings
-from core.users import (
+from core.auth import sessions
+from core.auth.audit import record
+from core.auth.permissions import ROLES, Actor
+from core.auth.users import (
     DEMO_USERS,
     User,
     UsersError,
@@ -30,6 +28,8 @@ from core.users import (
     set_password,
     with_demo_users,
 )
+from core.db import get_engine, session_scope
+from core.settings import Settings, get_settings
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -83,7 +83,7 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
     if command == "list":
         counts: dict[str, int] = {}
         with session_scope(get_engine(settings.database_url), write=False) as session:
-            for row in access.live_sessions(session):
+            for row in sessions.live_sessions(session):
                 counts[row.username] = counts.get(row.username, 0) + 1
         if not users:
             print(f"no users in {path}")
@@ -154,7 +154,7 @@ def _apply(
     with session_scope(get_engine(settings.database_url)) as session:
         ended = 0
         if revoke is not None:
-            ended = access.revoke_sessions(session, name, by=operator, reason=revoke)
+            ended = sessions.revoke_sessions(session, name, by=operator, reason=revoke)
         record(session, operator, action, name, {**details, "sessions_ended": ended})
         if save is not None:
             save_users(Path(settings.auth_config), save)

@@ -34,10 +34,10 @@ from pathlib import Path
 import streamlit as st
 from streamlit.testing.v1 import AppTest
 
-from core.access import Role
+from core.auth.permissions import Role
+from core.auth.users import DEMO_USERS, User, hash_password, save_users, with_demo_users
 from core.db import dispose_engines, get_engine
 from core.settings import get_settings
-from core.users import DEMO_USERS, User, hash_password, save_users, with_demo_users
 
 ROOT = Path(__file__).resolve().parents[2]
 ENTRYPOINT = ROOT / "dashboard" / "app.py"
@@ -51,7 +51,7 @@ def reset_caches() -> None:
     The current DATABASE_URL's engine is disposed (connections closed), not just forgotten:
     a PostgreSQL connection left to the garbage collector raises a ResourceWarning, which
     fails whichever later test it lands in. Call this at the end of a test too (see
-    `closed_engines` in tests/test_app_auth.py)."""
+    `closed_engines` in tests/ui/test_app_auth.py)."""
     url = os.environ.get("DATABASE_URL")
     if url:
         get_engine(url).dispose()

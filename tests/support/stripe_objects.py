@@ -13,7 +13,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-from core.webhooks import sign
+from core.webhook.signature import sign
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
 _counter = itertools.count(1)

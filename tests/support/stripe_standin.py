@@ -32,7 +32,7 @@ from pytest_httpserver import HTTPServer
 from werkzeug import Request, Response
 
 from core.db import make_engine
-from core.standin import StandIn, decode_form, start_in_thread
+from demo.standin import StandIn, decode_form, start_in_thread
 from tests.support.stripe_objects import example
 
 Json = dict[str, Any]
@@ -310,7 +310,7 @@ class _Error(Exception):
 
 @contextmanager
 def demo_standin(db_url: str) -> Iterator[str]:
-    """The offline-demo stand-in (core.standin) over the database at `db_url`, seeded from it,
+    """The offline-demo stand-in (demo.standin) over the database at `db_url`, seeded from it,
     on 127.0.0.1; yields the URL to put in STRIPE_API_BASE (browser journeys, AppTest)."""
     engine = make_engine(db_url)
     standin = StandIn(engine)

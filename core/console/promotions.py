@@ -1,0 +1,528 @@
+"""Promotion codes: list them with their coupon's terms, create, deactivate and reactivate them,
+and read their health from our own tables.
+
+A new code is a validated `NewPromotionCode`: every rule is checked, with a message a person
+can act on, before anything is sent to Stripe. Codes use the current API shape, where a code
+names its coupon under `promotion` (`{"type": "coupon", "coupon": id}`).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal, InvalidOperation
+from typing import Any, Literal
+
+from sqlalchemy import Engine, func, select
+from sqlalchemy.orm import Session
+
+from core.auth.permissions import Actor, require
+from core.console.stripe_api import ActionResult, StripeApi, action_key, run_action
+from core.models import Order, PaymentAttempt
+from core.money import MoneyError, format_minor, to_minor, validate_currency
+
+CODE_PATTERN = re.compile(r"^[A-Za-z0-9_-]+$")
+CODE_MAX = 40
+COUPON_NAME_MAX = 40
+Duration = Literal["once", "repeating", "forever"]
+DURATIONS: tuple[Duration, ...] = ("once", "repeating", "forever")
+
+
+class InvalidPromotion(ValueError):
+    """The input cannot become a promotion code; `problems` are messages safe to show."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__(" ".join(problems))
+        self.problems = problems
+
+
+# --- Reading Stripe's codes ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CouponTerms:
+    id: str
+    name: str | None
+    percent_off: float | None
+    amount_off: int | None
+    currency: str | None
+    duration: str
+    duration_in_months: int | None
+    valid: bool
+
+    def describe(self) -> str:
+        if self.percent_off is not None:
+            off = f"{self.percent_off:g}% off"
+        elif self.amount_off is not None:
+            off = f"{format_minor(self.amount_off, self.currency)} off"
+        else:
+            off = "discount"
+        if self.duration == "repeating" and self.duration_in_months:
+            return f"{off} for {self.duration_in_months} months"
+        return f"{off} ({self.duration})"
+
+
+@dataclass(frozen=True)
+class PromotionCodeView:
+    id: str
+    code: str
+    active: bool
+    coupon: CouponTerms | None
+    times_redeemed: int
+    max_redemptions: int | None
+    expires_at: datetime | None
+    first_time_only: bool
+    minimum_amount: int | None
+    minimum_amount_currency: str | None
+    customer: str | None
+    created: datetime | None
+
+    @property
+    def restrictions(self) -> str:
+        parts = []
+        if self.first_time_only:
+            parts.append("first-time customers only")
+        if self.minimum_amount:
+            parts.append(
+                f"minimum {format_minor(self.minimum_amount, self.minimum_amount_currency)}"
+            )
+        if self.customer:
+            parts.append(f"customer {self.customer} only")
+        return ", ".join(parts) or "none"
+
+    def usage_share(self) -> float | None:
+        if not self.max_redemptions:
+            return None
+        return self.times_redeemed / self.max_redemptions
+
+
+def _time(value: Any) -> datetime | None:
+    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+        return datetime.fromtimestamp(value, UTC)
+    return None
+
+
+def _int_or_none(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def coupon_terms(coupon: Mapping[str, Any]) -> CouponTerms:
+    percent = coupon.get("percent_off")
+    if isinstance(percent, str):  # decimal fields arrive as strings from to_dict(for_json=True)
+        try:
+            percent = Decimal(percent)
+        except InvalidOperation:
+            percent = None
+    return CouponTerms(
+        id=str(coupon.get("id")),
+        name=coupon.get("name") if isinstance(coupon.get("name"), str) else None,
+        percent_off=float(percent) if isinstance(percent, int | float | Decimal) else None,
+        amount_off=_int_or_none(coupon.get("amount_off")),
+        currency=coupon.get("currency") if isinstance(coupon.get("currency"), str) else None,
+        duration=str(coupon.get("duration") or "once"),
+        duration_in_months=_int_or_none(coupon.get("duration_in_months")),
+        valid=bool(coupon.get("valid", True)),
+    )
+
+
+def _coupon_of(code: Mapping[str, Any]) -> Any:
+    """The coupon a code names: `promotion.coupon` now, a top-level `coupon` before 2025."""
+    promotion = code.get("promotion")
+    if isinstance(promotion, Mapping) and promotion.get("coupon") is not None:
+        return promotion.get("coupon")
+    return code.get("coupon")
+
+
+def promotion_view(code: Mapping[str, Any], coupon: Mapping[str, Any] | None) -> PromotionCodeView:
+    restrictions = code.get("restrictions")
+    restrictions = restrictions if isinstance(restrictions, Mapping) else {}
+    customer = code.get("customer")
+    return PromotionCodeView(
+        id=str(code.get("id")),
+        code=str(code.get("code")),
+        active=bool(code.get("active")),
+        coupon=coupon_terms(coupon) if coupon else None,
+        times_redeemed=_int_or_none(code.get("times_redeemed")) or 0,
+        max_redemptions=_int_or_none(code.get("max_redemptions")),
+        expires_at=_time(code.get("expires_at")),
+        first_time_only=bool(restrictions.get("first_time_transaction")),
+        minimum_amount=_int_or_none(restrictions.get("minimum_amount")),
+        minimum_amount_currency=restrictions.get("minimum_amount_currency"),
+        customer=customer if isinstance(customer, str) else None,
+        created=_time(code.get("created")),
+    )
+
+
+def list_promotion_codes(client: StripeApi, actor: Actor) -> list[PromotionCodeView]:
+    """Every code (all pages), with its coupon's terms; coupons Stripe did not expand are
+    fetched once each."""
+    require(actor, "promotions.view")
+    coupons: dict[str, Mapping[str, Any]] = {}
+    views = []
+    for code in client.list_promotion_codes():
+        coupon = _coupon_of(code)
+        if isinstance(coupon, str):
+            if coupon not in coupons:
+                coupons[coupon] = client.retrieve_coupon(coupon).data
+            coupon = coupons[coupon]
+        views.append(promotion_view(code, coupon if isinstance(coupon, Mapping) else None))
+    return sorted(views, key=lambda v: (not v.active, v.code.lower()))
+
+
+# --- Creating a code ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class NewPromotionCode:
+    """A promotion code to create, valid by construction (use `parse`)."""
+
+    code: str
+    coupon_id: str | None = None  # an existing coupon; otherwise the terms below make a new one
+    percent_off: Decimal | None = None
+    amount_off: int | None = None
+    currency: str | None = None
+    duration: Duration = "once"
+    duration_in_months: int | None = None
+    coupon_name: str | None = None
+    max_redemptions: int | None = None
+    expires_at: datetime | None = None
+    first_time_only: bool = False
+    minimum_amount: int | None = None
+    minimum_amount_currency: str | None = None
+    problems: tuple[str, ...] = field(default=(), repr=False, compare=False)
+
+    @classmethod
+    def parse(cls, form: Mapping[str, Any], *, now: datetime) -> NewPromotionCode:
+        """Build from a form's raw values (amounts in major units, e.g. "5.00").
+        Raises InvalidPromotion listing every problem."""
+        problems: list[str] = []
+
+        def text(name: str) -> str:
+            value = form.get(name)
+            return str(value).strip() if value is not None else ""
+
+        def positive_int(name: str, label: str) -> int | None:
+            raw = text(name)
+            if not raw:
+                return None
+            try:
+                value = int(raw)
+            except ValueError:
+                problems.append(f"{label} must be a whole number.")
+                return None
+            if value < 1:
+                problems.append(f"{label} must be at least 1.")
+                return None
+            return value
+
+        code = text("code")
+        if not code:
+            problems.append("Enter a code.")
+        elif len(code) > CODE_MAX:
+            problems.append(f"The code is longer than {CODE_MAX} characters.")
+        elif not CODE_PATTERN.match(code):
+            problems.append("The code may contain only letters, digits, dashes and underscores.")
+
+        coupon_id = text("coupon_id") or None
+        percent_off: Decimal | None = None
+        amount_off: int | None = None
+        currency: str | None = None
+        duration = text("duration") or "once"
+        months: int | None = None
+        name = text("coupon_name") or None
+        if coupon_id is None:
+            raw_percent, raw_amount = text("percent_off"), text("amount_off")
+            if raw_percent and raw_amount:
+                problems.append("Give either a percentage or an amount off, not both.")
+            elif not raw_percent and not raw_amount:
+                problems.append("Give a percentage or an amount off (or pick an existing coupon).")
+            elif raw_percent:
+                try:
+                    percent_off = Decimal(raw_percent)
+                except InvalidOperation:
+                    problems.append("The percentage must be a number between 1 and 100.")
+                else:
+                    if not percent_off.is_finite() or not 1 <= percent_off <= 100:
+                        problems.append("The percentage must be between 1 and 100.")
+                        percent_off = None
+                    elif percent_off.as_tuple().exponent < -2:  # type: ignore[operator]
+                        problems.append("The percentage allows at most two decimals.")
+                        percent_off = None
+            else:
+                try:
+                    currency = validate_currency(text("currency"))
+                    amount_off = to_minor(raw_amount, currency)
+                except MoneyError as exc:
+                    problems.append(f"Amount off: {exc}")
+                else:
+                    if amount_off < 1:
+                        problems.append("The amount off must be more than zero.")
+            if duration not in DURATIONS:
+                problems.append("The duration must be once, repeating or forever.")
+            elif duration == "repeating":
+                months = positive_int("duration_in_months", "The number of months")
+                if months is None and not any("months" in p for p in problems):
+                    problems.append("A repeating coupon needs its number of months.")
+                elif months is not None and months > 36:
+                    problems.append("A repeating coupon lasts at most 36 months.")
+            if name and len(name) > COUPON_NAME_MAX:
+                problems.append(f"The coupon name is longer than {COUPON_NAME_MAX} characters.")
+        elif not re.match(r"^[A-Za-z0-9_-]{1,255}$", coupon_id):
+            problems.append("That coupon id is not valid.")
+
+        max_redemptions = positive_int("max_redemptions", "The redemption limit")
+
+        expires_at = form.get("expires_at")
+        if expires_at in ("", None):
+            expires_at = None
+        elif not isinstance(expires_at, datetime):
+            problems.append("The expiry must be a date and time.")
+            expires_at = None
+        elif expires_at.tzinfo is None:
+            problems.append("The expiry needs a time zone (UTC).")
+            expires_at = None
+        elif expires_at <= now:
+            problems.append("The expiry must be in the future.")
+        elif expires_at > now + timedelta(days=5 * 365):
+            problems.append("The expiry must be within five years.")
+
+        minimum: int | None = None
+        minimum_currency: str | None = None
+        if text("minimum_amount"):
+            try:
+                minimum_currency = validate_currency(
+                    text("minimum_amount_currency") or (currency or "")
+                )
+                minimum = to_minor(text("minimum_amount"), minimum_currency)
+            except MoneyError as exc:
+                problems.append(f"Minimum amount: {exc}")
+            else:
+                if minimum < 1:
+                    problems.append("The minimum amount must be more than zero.")
+
+        if problems:
+            raise InvalidPromotion(problems)
+        return cls(
+            code=code,
+            coupon_id=coupon_id,
+            percent_off=percent_off,
+            amount_off=amount_off,
+            currency=currency,
+            duration=duration,  # type: ignore[arg-type]
+            duration_in_months=months,
+            coupon_name=name,
+            max_redemptions=max_redemptions,
+            expires_at=expires_at,
+            first_time_only=bool(form.get("first_time_only")),
+            minimum_amount=minimum,
+            minimum_amount_currency=minimum_currency,
+        )
+
+    def coupon_params(self, coupon_id: str) -> dict[str, Any]:
+        """The parameters of the new coupon (an explicit id: a retry cannot make a second)."""
+        params: dict[str, Any] = {"id": coupon_id, "duration": self.duration}
+        if self.percent_off is not None:
+            params["percent_off"] = f"{self.percent_off.normalize():f}"  # never "2E+1"
+        else:
+            params["amount_off"] = self.amount_off
+            params["currency"] = self.currency
+        if self.duration == "repeating":
+            params["duration_in_months"] = self.duration_in_months
+        params["name"] = self.coupon_name or self.code
+        return params
+
+    def code_params(self, coupon_id: str) -> dict[str, Any]:
+        params: dict[str, Any] = {
+            "code": self.code,
+            "promotion": {"type": "coupon", "coupon": coupon_id},
+        }
+        if self.max_redemptions is not None:
+            params["max_redemptions"] = self.max_redemptions
+        if self.expires_at is not None:
+            params["expires_at"] = int(self.expires_at.timestamp())
+        restrictions: dict[str, Any] = {}
+        if self.first_time_only:
+            restrictions["first_time_transaction"] = True
+        if self.minimum_amount is not None:
+            restrictions["minimum_amount"] = self.minimum_amount
+            restrictions["minimum_amount_currency"] = self.minimum_amount_currency
+        if restrictions:
+            params["restrictions"] = restrictions
+        return params
+
+
+def create_promotion_code(
+    engine: Engine, client: StripeApi, actor: Actor, new: NewPromotionCode, token: str
+) -> ActionResult:
+    """Create the coupon (if new) and the code, each as one stored action: a retry of the same
+    form (`token`) reuses both idempotency keys, so it never makes a second coupon or code."""
+    require(actor, "promotions.manage")
+    target = f"promotion_code:{new.code}"
+    coupon_id = new.coupon_id
+    if coupon_id is None:
+        coupon_id = f"{new.code}-{token[:8]}"[:255]
+        params = new.coupon_params(coupon_id)
+        run_action(
+            engine,
+            actor,
+            kind="coupon.create",
+            key=action_key("coupon.create", target, token, params),
+            call=lambda idem: client.create_coupon(params, idem),
+            target=f"coupon:{coupon_id}",
+            details={"coupon": params},
+        )
+    code_params = new.code_params(coupon_id)
+    return run_action(
+        engine,
+        actor,
+        kind="promotion_code.create",
+        key=action_key("promotion_code.create", target, token, code_params),
+        call=lambda idem: client.create_promotion_code(code_params, idem),
+        target=target,
+        details={"code": new.code, "coupon": coupon_id, "params": code_params},
+    )
+
+
+def set_active(
+    engine: Engine,
+    client: StripeApi,
+    actor: Actor,
+    promotion_code_id: str,
+    active: bool,
+    token: str,
+) -> ActionResult:
+    """Deactivate (or reactivate) a code."""
+    require(actor, "promotions.manage")
+    if not re.match(r"^[A-Za-z0-9_]{1,255}$", promotion_code_id):
+        raise InvalidPromotion(["That promotion code id is not valid."])
+    kind = "promotion_code.activate" if active else "promotion_code.deactivate"
+    params = {"active": active}
+    return run_action(
+        engine,
+        actor,
+        kind=kind,
+        key=action_key(kind, promotion_code_id, token, params),
+        call=lambda idem: client.update_promotion_code(promotion_code_id, params, idem),
+        target=f"promotion_code:{promotion_code_id}",
+        details={"active": active},
+    )
+
+
+# --- Health from our own tables ----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CodeUsage:
+    """What our tables say about one code (keyed by what checkout recorded: id or text)."""
+
+    code: str
+    paid_orders: int = 0
+    disputed_orders: int = 0
+    refunded_orders: int = 0
+    failed_attempts: int = 0
+    last_used: datetime | None = None
+
+
+def daily_redemptions(session: Session, since: datetime) -> list[tuple[datetime, str, int]]:
+    """Paid orders per day and code since `since`: (day, code, orders)."""
+    day = func.date(Order.paid_at)
+    rows = session.execute(
+        select(day, Order.promotion_code, func.count())
+        .where(Order.promotion_code.is_not(None), Order.paid_at >= since)
+        .group_by(day, Order.promotion_code)
+        .order_by(day)
+    ).all()
+    out = []
+    for raw_day, code, count in rows:
+        when = raw_day if isinstance(raw_day, datetime) else datetime.fromisoformat(str(raw_day))
+        out.append((when.replace(tzinfo=UTC), str(code), int(count)))
+    return out
+
+
+def code_usage(session: Session, since: datetime) -> dict[str, CodeUsage]:
+    """Per code since `since`: paid, disputed and refunded orders, and failed attempts."""
+    usage: dict[str, dict[str, Any]] = {}
+    orders = session.execute(
+        select(
+            Order.promotion_code,
+            func.count(Order.paid_at),
+            func.max(Order.paid_at),
+        )
+        .where(Order.promotion_code.is_not(None), Order.created_at >= since)
+        .group_by(Order.promotion_code)
+    ).all()
+    disputed = dict(
+        session.execute(
+            select(Order.promotion_code, func.count())
+            .where(
+                Order.promotion_code.is_not(None),
+                Order.created_at >= since,
+                Order.disputed_at.is_not(None),
+            )
+            .group_by(Order.promotion_code)
+        ).all()
+    )
+    refunded = dict(
+        session.execute(
+            select(Order.promotion_code, func.count())
+            .where(
+                Order.promotion_code.is_not(None),
+                Order.created_at >= since,
+                Order.amount_refunded > 0,
+            )
+            .group_by(Order.promotion_code)
+        ).all()
+    )
+    for code, paid, last in orders:
+        usage[str(code)] = {
+            "paid_orders": int(paid or 0),
+            "disputed_orders": int(disputed.get(code, 0)),
+            "refunded_orders": int(refunded.get(code, 0)),
+            "last_used": last,
+        }
+    failed = session.execute(
+        select(PaymentAttempt.promotion_code, func.count())
+        .where(
+            PaymentAttempt.promotion_code.is_not(None),
+            PaymentAttempt.outcome == "failed",
+            PaymentAttempt.created >= since,
+        )
+        .group_by(PaymentAttempt.promotion_code)
+    ).all()
+    for code, count in failed:
+        usage.setdefault(str(code), {})["failed_attempts"] = int(count)
+    return {code: CodeUsage(code, **values) for code, values in usage.items()}
+
+
+@dataclass(frozen=True)
+class CodeWarning:
+    code: str
+    problem: str
+
+
+def watch_list(
+    codes: Iterable[PromotionCodeView],
+    now: datetime,
+    *,
+    share: float = 0.8,
+    within: timedelta = timedelta(days=7),
+) -> list[CodeWarning]:
+    """Active codes near their redemption limit or their expiry."""
+    out = []
+    for view in codes:
+        if not view.active:
+            continue
+        used = view.usage_share()
+        if used is not None and used >= share:
+            out.append(
+                CodeWarning(
+                    view.code,
+                    f"{view.times_redeemed} of {view.max_redemptions} redemptions used",
+                )
+            )
+        if view.expires_at is not None and now <= view.expires_at <= now + within:
+            hours = int((view.expires_at - now).total_seconds() // 3600)
+            out.append(CodeWarning(view.code, f"expires in {hours} h"))
+    return out

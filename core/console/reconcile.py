@@ -1,0 +1,483 @@
+"""Find what the webhooks missed and repair it; replay one stored event.
+
+`reconcile` lists Stripe's events of the last days (Stripe keeps 30) and applies every one
+missing from `stripe_events` (or stored as failed) through the same path as the webhook
+(`core.webhook.receive.apply_event`, source "reconcile"), one transaction per event, so a webhook
+delivering the same event at the same moment is harmless: the unique event id lets one of them
+apply it. It then looks for paid Checkout Sessions with no paid order and repairs them through
+the same handler. A second run finds nothing to do.
+
+`replay` runs a stored event's handler again inside a transaction, diffs the rows it touched
+and commits, or (dry run) rolls back and only reports the diff.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import Engine, select, update
+from sqlalchemy.orm import Session
+
+from core.auth import audit
+from core.auth.permissions import Actor, require
+from core.console.stripe_api import API_VERSION, StripeApi
+from core.db import session_scope
+from core.models import (
+    Fulfillment,
+    Order,
+    OrderTransition,
+    PaymentAttempt,
+    StripeEvent,
+    utcnow,
+)
+from core.webhook.handlers import HANDLERS, Context
+from core.webhook.receive import apply_event, record_failure, safe_error
+from core.webhook.signature import Rejection, check_event_shape
+
+log = logging.getLogger(__name__)
+
+RETENTION_DAYS = 30  # Stripe lists events of the last 30 days
+ID_CHUNK = 500
+REPAIR_PREFIX = "evt_reconcile_"
+
+
+@dataclass
+class ReconcileReport:
+    since: datetime
+    events_seen: int = 0
+    delivery_failed: int = 0  # events Stripe says it could not deliver to some endpoint
+    applied: list[str] = field(default_factory=list)
+    raced: list[str] = field(default_factory=list)  # applied meanwhile by someone else
+    failed: list[tuple[str, str]] = field(default_factory=list)
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    sessions_seen: int = 0
+    sessions_repaired: list[str] = field(default_factory=list)
+
+    @property
+    def nothing_to_do(self) -> bool:
+        return not (self.applied or self.failed or self.sessions_repaired)
+
+    def lines(self) -> list[str]:
+        out = [
+            f"Stripe events since {self.since:%Y-%m-%d %H:%M} UTC: {self.events_seen} "
+            f"({self.delivery_failed} with failed deliveries)",
+            f"missing events applied: {len(self.applied)}",
+        ]
+        out += [f"  applied {event_id}" for event_id in self.applied]
+        if self.raced:
+            out.append(f"applied meanwhile by a webhook: {len(self.raced)}")
+        out += [f"  FAILED {event_id}: {error}" for event_id, error in self.failed]
+        out += [f"  skipped {event_id}: {why}" for event_id, why in self.skipped]
+        out.append(
+            f"paid Checkout Sessions checked: {self.sessions_seen}, "
+            f"repaired: {len(self.sessions_repaired)}"
+        )
+        out += [f"  repaired {session_id}" for session_id in self.sessions_repaired]
+        if self.nothing_to_do:
+            out.append("nothing to do: our tables agree with Stripe")
+        return out
+
+
+def _chunks(items: list[str], size: int = ID_CHUNK) -> Iterable[list[str]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def _settled_ids(session: Session, ids: list[str]) -> set[str]:
+    """Events we hold and have applied (or deliberately ignored)."""
+    found: set[str] = set()
+    for chunk in _chunks(ids):
+        found.update(
+            session.execute(
+                select(StripeEvent.id).where(
+                    StripeEvent.id.in_(chunk), StripeEvent.status != "failed"
+                )
+            ).scalars()
+        )
+    return found
+
+
+def _mark_source(session: Session, event_id: str) -> None:
+    """A fulfillment that this reconciliation caused says so."""
+    session.execute(
+        update(Fulfillment)
+        .where(Fulfillment.event_id == event_id, Fulfillment.source == "webhook")
+        .values(source="reconcile")
+    )
+
+
+def _apply(engine: Engine, event: dict[str, Any], ctx: Context, report: ReconcileReport) -> None:
+    try:
+        with session_scope(engine) as session:
+            result = apply_event(session, event, ctx, "reconcile")
+            if result != "duplicate":
+                _mark_source(session, event["id"])
+    except Exception as exc:
+        error = safe_error(exc)
+        log.error("reconcile: event %s failed: %s", event["id"], error)
+        report.failed.append((event["id"], error))
+        with session_scope(engine) as session:
+            record_failure(session, event, error, ctx.now())
+        return
+    (report.raced if result == "duplicate" else report.applied).append(event["id"])
+
+
+def _repair_event(checkout: dict[str, Any], now: datetime) -> dict[str, Any]:
+    """A stand-in `checkout.session.completed` for a paid session whose event we cannot get."""
+    created = checkout.get("created")
+    return {
+        "id": f"{REPAIR_PREFIX}{checkout['id']}"[:255],
+        "object": "event",
+        "type": "checkout.session.completed",
+        "api_version": None,
+        "created": created if isinstance(created, int) else int(now.timestamp()),
+        "livemode": bool(checkout.get("livemode")),
+        "pending_webhooks": 0,
+        "request": {"id": None, "idempotency_key": None},
+        "data": {"object": checkout},
+        "reconciled": True,  # marks that Stripe did not send this event; we built it
+    }
+
+
+def _unpaid_sessions(session: Session, ids: list[str]) -> set[str]:
+    """Of these Checkout Session ids, those with no paid order in our tables."""
+    paid: set[str] = set()
+    for chunk in _chunks(ids):
+        paid.update(
+            str(cs)
+            for cs in session.execute(
+                select(Order.checkout_session_id).where(
+                    Order.checkout_session_id.in_(chunk), Order.paid_at.is_not(None)
+                )
+            ).scalars()
+        )
+    return set(ids) - paid
+
+
+def reconcile(
+    engine: Engine,
+    client: StripeApi,
+    ctx: Context,
+    actor: Actor,
+    *,
+    days: int = RETENTION_DAYS,
+    now: datetime | None = None,
+) -> ReconcileReport:
+    """Apply Stripe's events we lack, repair paid sessions without a paid order; report."""
+    if not actor.is_system:
+        require(actor, "events.replay")
+    if not 1 <= days <= RETENTION_DAYS:
+        raise ValueError(f"days must be between 1 and {RETENTION_DAYS} (Stripe keeps 30 days)")
+    now = now or utcnow()
+    since = now - timedelta(days=days)
+    gte = int(since.timestamp())
+    report = ReconcileReport(since)
+
+    # No transaction is open during a network call. Events stream page by page and only the
+    # missing ones are kept, then applied oldest first (Stripe lists newest first), one short
+    # transaction each.
+    missing: list[dict[str, Any]] = []
+    batch: list[dict[str, Any]] = []
+
+    def keep_missing() -> None:
+        with session_scope(engine, write=False) as session:
+            settled = _settled_ids(session, [str(e.get("id")) for e in batch])
+        missing.extend(e for e in batch if e.get("id") not in settled)
+        batch.clear()
+
+    for event in client.list_events(created_gte=gte):
+        report.events_seen += 1
+        batch.append(event)
+        if len(batch) >= ID_CHUNK:
+            keep_missing()
+    keep_missing()
+    report.delivery_failed = sum(
+        1 for _ in client.list_events(created_gte=gte, delivery_success=False)
+    )
+    for event in sorted(missing, key=lambda e: (e.get("created") or 0, str(e.get("id")))):
+        try:
+            check_event_shape(event)
+        except Rejection as rejection:
+            report.skipped.append((str(event.get("id")), rejection.reason))
+            continue
+        _apply(engine, event, ctx, report)
+
+    paid = [
+        s
+        for s in client.list_checkout_sessions(created_gte=gte)
+        if s.get("payment_status") == "paid" and isinstance(s.get("id"), str)
+    ]
+    report.sessions_seen = len(paid)
+    with session_scope(engine, write=False) as session:
+        unpaid = _unpaid_sessions(session, [s["id"] for s in paid])
+    for checkout in paid:
+        if checkout["id"] not in unpaid:
+            continue
+        before = len(report.applied)
+        _apply(engine, _repair_event(checkout, now), ctx, report)
+        if len(report.applied) > before:
+            report.applied.pop()
+            report.sessions_repaired.append(checkout["id"])
+
+    with session_scope(engine) as session:
+        audit.record(
+            session,
+            actor,
+            "events.reconcile",
+            f"last {days} days",
+            {
+                "events_seen": report.events_seen,
+                "applied": report.applied,
+                "failed": [event_id for event_id, _ in report.failed],
+                "sessions_repaired": report.sessions_repaired,
+            },
+        )
+    return report
+
+
+# --- Replay -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Change:
+    table: str
+    key: str
+    kind: str  # added | changed
+    fields: dict[str, tuple[Any, Any]]  # column -> (before, after)
+
+
+@dataclass(frozen=True)
+class ReplayResult:
+    event_id: str
+    dry_run: bool
+    status_before: str
+    status_after: str
+    changes: tuple[Change, ...]
+    error: str | None = None
+
+    @property
+    def changes_nothing(self) -> bool:
+        return not self.changes and self.status_before == self.status_after
+
+    def summary(self) -> str:
+        verb = "would change" if self.dry_run else "changed"
+        if self.error:
+            return f"The handler failed: {self.error}. Nothing was changed."
+        if self.changes_nothing:
+            return f"Replaying {self.event_id} {verb} nothing: it was already applied."
+        return (
+            f"Replaying {self.event_id} {verb} {len(self.changes)} row(s); "
+            f"status {self.status_before} -> {self.status_after}."
+        )
+
+
+def _object_keys(event: dict[str, Any]) -> set[str]:
+    """The Stripe ids an event's handler may touch rows by."""
+    obj = event.get("data", {}).get("object", {})
+    keys: set[str] = set()
+    for name in ("id", "payment_intent", "charge", "latest_charge"):
+        value = obj.get(name)
+        if isinstance(value, dict):
+            value = value.get("id")
+        if isinstance(value, str):
+            keys.add(value)
+    return keys
+
+
+def _rows(session: Session, keys: set[str]) -> dict[tuple[str, str], dict[str, Any]]:
+    session.flush()
+    snap: dict[tuple[str, str], dict[str, Any]] = {}
+    orders = session.execute(
+        select(Order.__table__).where(
+            Order.checkout_session_id.in_(keys) | Order.payment_intent_id.in_(keys)
+        )
+    ).mappings()
+    order_ids = []
+    for row in orders:
+        order_ids.append(row["id"])
+        snap[("orders", str(row["id"]))] = dict(row)
+    attempts = session.execute(
+        select(PaymentAttempt.__table__).where(
+            PaymentAttempt.id.in_(keys) | PaymentAttempt.payment_intent_id.in_(keys)
+        )
+    ).mappings()
+    for row in attempts:
+        snap[("payment_attempts", str(row["id"]))] = dict(row)
+    if order_ids:
+        for name, table in (
+            ("fulfillments", Fulfillment.__table__),
+            ("order_transitions", OrderTransition.__table__),
+        ):
+            for row in session.execute(
+                select(table).where(table.c.order_id.in_(order_ids))
+            ).mappings():
+                snap[(name, str(row["id"]))] = dict(row)
+    return snap
+
+
+def _diff(
+    before: dict[tuple[str, str], dict[str, Any]], after: dict[tuple[str, str], dict[str, Any]]
+) -> tuple[Change, ...]:
+    changes = []
+    for key, row in sorted(after.items()):
+        old = before.get(key)
+        if old is None:
+            changes.append(Change(key[0], key[1], "added", {k: (None, v) for k, v in row.items()}))
+            continue
+        fields = {k: (old.get(k), v) for k, v in row.items() if old.get(k) != v}
+        if fields:
+            changes.append(Change(key[0], key[1], "changed", fields))
+    return tuple(changes)
+
+
+def replay(
+    engine: Engine,
+    ctx: Context,
+    actor: Actor,
+    event_id: str,
+    *,
+    dry_run: bool = True,
+) -> ReplayResult:
+    """Run a stored event's handler again. A dry run rolls back and reports what would change;
+    an applied event changes nothing (its facts are already recorded)."""
+    require(actor, "events.replay")
+    with session_scope(engine, write=False) as session:
+        exists = session.get(StripeEvent, event_id) is not None
+    if not exists:
+        raise LookupError(f"No stored event {event_id}.")
+    session = Session(bind=engine, expire_on_commit=False)
+    try:
+        row = session.execute(
+            select(StripeEvent).where(StripeEvent.id == event_id).with_for_update()
+        ).scalar_one()
+        event = dict(row.payload)
+        status_before = row.status
+        keys = _object_keys(event)
+        before = _rows(session, keys)
+        error = None
+        handler = HANDLERS.get(row.type)
+        status_after = status_before
+        try:
+            with session.begin_nested():
+                if handler is not None and status_before != "ignored":
+                    handler(session, event, ctx)
+                    status_after = "processed"
+        except Exception as exc:
+            error = safe_error(exc)
+        after = _rows(session, keys)
+        changes = _diff(before, after) if error is None else ()
+        result = ReplayResult(event_id, dry_run, status_before, status_after, changes, error)
+        if dry_run or error is not None:
+            session.rollback()
+        elif status_after != status_before:  # a failed event, applied now
+            row.status = status_after
+            row.processed_at = ctx.now()
+            row.last_error = None
+            row.source = "replay"
+            _mark_source(session, event_id)
+        audit.record(
+            session,
+            actor,
+            "events.replay_dry_run" if dry_run else "events.replay",
+            f"event:{event_id}",
+            {
+                "changes": len(result.changes),
+                "status_before": status_before,
+                "status_after": status_after,
+                "error": error,
+            },
+        )
+        session.commit()
+        return result
+    except BaseException:
+        session.rollback()
+        raise
+    finally:
+        session.close()
+
+
+def recent_failures(session: Session, limit: int = 50) -> list[StripeEvent]:
+    """Stored events whose handler failed, oldest first: what an admin may want to replay."""
+    return list(
+        session.execute(
+            select(StripeEvent)
+            .where(StripeEvent.status == "failed")
+            .order_by(StripeEvent.created)
+            .limit(limit)
+        ).scalars()
+    )
+
+
+# --- Webhook endpoint health ---------------------------------------------------------------------
+
+PENDING_DAYS = 3  # Stripe retries a delivery for up to three days
+
+
+@dataclass(frozen=True)
+class EndpointStatus:
+    id: str
+    url: str
+    status: str
+    api_version: str | None  # None: the account's default version
+    version_matches: bool
+    missing_events: tuple[str, ...]  # event types we handle that it does not send
+
+    @property
+    def healthy(self) -> bool:
+        return self.status == "enabled" and self.version_matches and not self.missing_events
+
+
+@dataclass(frozen=True)
+class PendingEvent:
+    id: str
+    type: str
+    created: datetime
+    pending_webhooks: int
+
+
+@dataclass(frozen=True)
+class EndpointHealth:
+    our_version: str
+    endpoints: tuple[EndpointStatus, ...]
+    pending: tuple[PendingEvent, ...]
+    standin: bool
+
+
+def endpoint_status(endpoint: dict[str, Any], our_version: str) -> EndpointStatus:
+    enabled = endpoint.get("enabled_events") or []
+    handled = sorted(HANDLERS)
+    missing = () if "*" in enabled else tuple(t for t in handled if t not in enabled)
+    version = endpoint.get("api_version")
+    return EndpointStatus(
+        id=str(endpoint.get("id")),
+        url=str(endpoint.get("url")),
+        status=str(endpoint.get("status")),
+        api_version=version if isinstance(version, str) else None,
+        version_matches=version == our_version,
+        missing_events=missing,
+    )
+
+
+def endpoint_health(
+    client: StripeApi, actor: Actor, *, now: datetime | None = None, days: int = PENDING_DAYS
+) -> EndpointHealth:
+    """Stripe's endpoints for this account against what we handle, and events Stripe is
+    still trying to deliver."""
+    require(actor, "metrics.view")
+    now = now or utcnow()
+    endpoints = tuple(endpoint_status(e, API_VERSION) for e in client.list_webhook_endpoints())
+    pending = tuple(
+        PendingEvent(
+            str(e["id"]),
+            str(e.get("type")),
+            datetime.fromtimestamp(int(e.get("created") or 0), tz=now.tzinfo),
+            int(e.get("pending_webhooks") or 0),
+        )
+        for e in client.list_events(created_gte=int((now - timedelta(days=days)).timestamp()))
+        if isinstance(e.get("pending_webhooks"), int) and e["pending_webhooks"] > 0
+    )
+    return EndpointHealth(API_VERSION, endpoints, pending, client.is_standin)

@@ -1,0 +1,207 @@
+"""Risk flags: feeding core.risk.detector from payment_attempts and keeping risk_flags equal to it.
+
+Two entry points give the same flags for the same attempts (see core.risk.detector for why):
+
+- `on_attempt` runs inside the webhook transaction after each recorded attempt. It re-derives
+  only the neighbourhood the attempt can change: two indexed queries for that attempt's
+  entities (stored flags near it, the entity's failed attempts in the range), no network.
+  A new attempt only adds hits, so `grow` unites the recomputed windows with the stored flags;
+  an attempt whose time moved earlier (its charge arrived after its PaymentIntent) can also
+  remove hits, so `refresh` recomputes every stored flag the change touches.
+- `detect_period` (`python -m core bursts`) recomputes every entity over a period.
+
+Both replace the stored flags of the recomputed range with the recomputed windows
+(`core.risk.detector.reconcile`): a flag keeps its id and review when it grows; a dismissed
+flag that gains failures is opened again for review. On PostgreSQL a transaction-scoped advisory
+lock
+per entity (shared by batch runs, which take it exclusively) serialises concurrent writers of
+one entity's flags, so two concurrent deliveries cannot each miss the other's attempt.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+import numpy as np
+import numpy.typing as npt
+import pandas as pd
+from sqlalchemy import (
+    ColumnElement,
+    select,
+    text,
+)
+from sqlalchemy.orm import Session
+
+from core.models import PaymentAttempt, RiskFlag, utcnow
+from core.risk import batch, detector
+from core.risk.detector import (
+    ENTITY_COLUMNS,
+    Point,
+    Rules,
+    Stored,
+    Window,
+)
+from core.risk.flags import (
+    _FLAG_COLUMNS,
+    _GLOBAL_LOCK_KEY,
+    Changes,
+    _apply,
+    _FlagRow,
+    _is_postgres,
+    _stored,
+)
+
+
+@dataclass(frozen=True)
+class BatchResult:
+    attempts: int
+    entities: int
+    flags: int
+    changes: Changes
+
+
+_ATTEMPT_COLUMNS = ("id", "created", *ENTITY_COLUMNS.values())
+
+
+@dataclass(frozen=True)
+class _Failed:
+    """Failed attempts as columns: ids, times in microseconds since the epoch, entities."""
+
+    ids: list[str]
+    times: npt.NDArray[np.int64]
+    columns: dict[str, list[str | None]]
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def _read_failed(session: Session, lo: datetime | None, hi: datetime | None) -> _Failed:
+    conditions: list[ColumnElement[bool]] = [PaymentAttempt.outcome == "failed"]
+    if lo is not None:
+        conditions.append(PaymentAttempt.created >= lo)
+    if hi is not None:
+        conditions.append(PaymentAttempt.created <= hi)
+    columns = [getattr(PaymentAttempt, c) for c in _ATTEMPT_COLUMNS]
+    result = session.connection().execute(select(*columns).where(*conditions))
+    # The driver's own rows, read column by column: no Row, ORM or DataFrame object per attempt.
+    rows = result.cursor.fetchall()
+    created = [r[1] for r in rows]
+    if created and isinstance(created[0], str):  # SQLite stores UTC as ISO text
+        times = np.array(created, dtype="datetime64[us]").astype(np.int64)
+    else:
+        times = np.array(
+            [(t - _EPOCH) // timedelta(microseconds=1) for t in created], dtype=np.int64
+        )
+    return _Failed(
+        ids=[r[0] for r in rows],
+        times=times,
+        columns={c: [r[i] for r in rows] for i, c in enumerate(_ATTEMPT_COLUMNS) if i >= 2},
+    )
+
+
+def _flag_rows(session: Session, lo: datetime | None, hi: datetime | None) -> list[_FlagRow]:
+    bounds: list[ColumnElement[bool]] = []
+    if lo is not None:
+        bounds.append(RiskFlag.window_end >= lo)
+    if hi is not None:
+        bounds.append(RiskFlag.window_start <= hi)
+    columns = [getattr(RiskFlag, c.name) for c in _FLAG_COLUMNS]
+    rows = session.execute(select(*columns).where(*bounds).with_for_update())
+    return [_FlagRow(*row) for row in rows]
+
+
+def detect_period(
+    session: Session,
+    rules: Rules,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    *,
+    now: datetime | None = None,
+) -> BatchResult:
+    """Recompute every entity's flags for hits with right ends in [since, until] (None:
+    unbounded) and write the difference; equal to what incremental detection stored."""
+    now = now or utcnow()
+    window = rules.window
+    if _is_postgres(session):
+        session.execute(text("SELECT pg_advisory_xact_lock(:g)"), {"g": _GLOBAL_LOCK_KEY})
+    x_lo, x_hi = since, until
+    while True:  # extend the range over every stored flag it touches
+        flags = _flag_rows(session, None if x_lo is None else x_lo - window, x_hi)
+        new_lo = None if x_lo is None else min([x_lo, *(f.window_start for f in flags)])
+        new_hi = None if x_hi is None else max([x_hi, *(f.window_end for f in flags)])
+        if (new_lo, new_hi) == (x_lo, x_hi):
+            break
+        x_lo, x_hi = new_lo, new_hi
+    failed = _read_failed(session, None if x_lo is None else x_lo - window, x_hi)
+    stored: dict[tuple[str, str, str], list[Stored]] = {}
+    for f in flags:
+        stored.setdefault((f.entity_kind, f.entity_value, f.pattern), []).append(_stored(f))
+    computed = _windows_by_entity(failed, rules, x_lo, x_hi)
+    changes = Changes()
+    entities = 0
+    flag_count = 0
+    for key in sorted(set(stored) | set(computed)):
+        kind, value, pattern = key
+        windows = computed.get(key, [])
+        flag_count += len(windows)
+        entities += 1
+        changes.add(_apply(session, kind, value, pattern, stored.get(key, []), windows, now))
+    return BatchResult(len(failed), entities, flag_count, changes)
+
+
+def _windows_by_entity(
+    failed: _Failed, rules: Rules, lo: datetime | None, hi: datetime | None
+) -> dict[tuple[str, str, str], list[Window]]:
+    """Flags per (kind, value, pattern). A vectorised pre-filter keeps only the entities that
+    have enough failures within one window to be flagged at all; the flags themselves come
+    from `detector.detect_windows`, the same function the incremental path uses."""
+    result: dict[tuple[str, str, str], list[Window]] = {}
+    if not len(failed):
+        return result
+    window_us = rules.window // timedelta(microseconds=1)
+    cards = failed.columns["card_fingerprint"]
+    for kind, name in ENTITY_COLUMNS.items():
+        codes, uniques = pd.factorize(np.array(failed.columns[name], dtype=object))
+        present = codes >= 0
+        minimum = min(rules.minimum(p) for p in rules.patterns(kind))
+        dense = batch.dense_entities(
+            codes[present].astype(np.int64), failed.times[present], minimum, window_us
+        )
+        if len(dense) == 0:
+            continue
+        rows = np.flatnonzero(np.isin(codes, dense))
+        rows = rows[np.argsort(failed.times[rows], kind="stable")]  # each entity's points in order
+        moments = pd.to_datetime(failed.times[rows], unit="us", utc=True).to_pydatetime()
+        by_code: dict[int, list[Point]] = {}
+        for i, code, at in zip(rows.tolist(), codes[rows].tolist(), moments, strict=True):
+            by_code.setdefault(code, []).append(Point(at, failed.ids[i], cards[i]))
+        for code, points in by_code.items():
+            value = str(uniques[code])
+            for pattern in rules.patterns(kind):
+                windows = detector.detect_windows(points, pattern, rules, ends=(lo, hi))
+                if windows:
+                    result[(kind, value, pattern)] = windows
+    return result
+
+
+def dense_entities(
+    codes: npt.NDArray[np.int64], times: npt.NDArray[np.int64], minimum: int, window: int
+) -> npt.NDArray[np.int64]:
+    """Entity codes having at least `minimum` attempts within some closed window of length
+    `window` (same unit as `times`). A necessary condition for any flag, so batch detection
+    only runs `detect_windows` on these entities; the flags themselves come from it alone."""
+    if len(codes) == 0:
+        return np.empty(0, dtype=np.int64)
+    order = np.lexsort((times, codes))
+    c, t = codes[order], times[order]
+    if minimum <= 1:
+        return np.unique(c)
+    lag = minimum - 1
+    same = c[lag:] == c[:-lag]
+    dense = same & (t[lag:] - t[:-lag] <= window)
+    result: npt.NDArray[np.int64] = np.unique(c[lag:][dense])
+    return result

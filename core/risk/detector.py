@@ -1,0 +1,353 @@
+"""Pure burst detection over failed payment attempts: no database, no I/O.
+
+Definitions (one entity = one card fingerprint, customer, email, IP address or promotion code):
+
+- The window is CLOSED: attempts at t and t + window are within one window of each other.
+- A time r is a *hit* for pattern `burst` when the entity has at least `threshold` failed
+  attempts in [r - window, r], and for pattern `card_testing` when those attempts carry at least
+  `card_testing_threshold` distinct card fingerprints. Only times of attempts are candidates.
+- A hit's window runs from the earliest attempt in [r - window, r] to r.
+- Flags are the union of the hit windows: windows that overlap or touch merge into one flag
+  (from the first window's start to the last one's end), and a flag's attempts are the
+  entity's failed attempts in [window_start, window_end].
+
+Everything is a function of the *set* of attempts (deduplicated by attempt id, counted at
+Stripe's `created`), so arrival order and duplicate deliveries cannot change the result.
+
+Adding or moving attempts at times P changes hits only for right ends in [p, p + window].
+`affected_range` and `detect_windows(..., ends=...)` let the incremental path recompute just
+that neighbourhood: if every stored flag overlapping [lo - window, hi] lies inside [lo, hi],
+replacing those flags by the windows of the hits with right ends in [lo, hi] gives exactly the
+flags that batch detection over all attempts gives (interval union is associative). That is
+why incremental and batch detection agree by construction; tests check it on random streams.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_left, bisect_right
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from operator import attrgetter
+from typing import Any, Literal
+
+EntityKind = Literal["card", "customer", "email", "ip", "promotion_code"]
+Pattern = Literal["burst", "card_testing"]
+
+# entity kind -> payment_attempts column
+ENTITY_COLUMNS: dict[EntityKind, str] = {
+    "card": "card_fingerprint",
+    "customer": "customer_id",
+    "email": "email",
+    "ip": "ip_address",
+    "promotion_code": "promotion_code",
+}
+# Card testing: many cards failing from one buyer (a card cannot test many cards).
+CARD_TESTING_KINDS: tuple[EntityKind, ...] = ("ip", "customer", "email")
+PATTERNS: tuple[Pattern, ...] = ("burst", "card_testing")
+
+BURST_THRESHOLD = 4  # failed attempts (settings.burst_threshold overrides)
+BURST_WINDOW = timedelta(minutes=60)  # settings.burst_window_minutes overrides
+# Three different cards declined for one buyer within the window: people retry with a second
+# card, rarely a third; testers go through lists of them.
+CARD_TESTING_THRESHOLD = 3
+
+
+@dataclass(frozen=True)
+class Rules:
+    threshold: int = BURST_THRESHOLD
+    window: timedelta = BURST_WINDOW
+    card_testing_threshold: int = CARD_TESTING_THRESHOLD
+
+    def __post_init__(self) -> None:
+        if self.threshold < 1 or self.card_testing_threshold < 1:
+            raise ValueError("thresholds must be at least 1")
+        if self.window <= timedelta(0):
+            raise ValueError("the window must be positive")
+
+    def minimum(self, pattern: Pattern) -> int:
+        """The fewest attempts that can make a hit for `pattern`."""
+        return self.threshold if pattern == "burst" else self.card_testing_threshold
+
+    def patterns(self, kind: str) -> tuple[Pattern, ...]:
+        return PATTERNS if kind in CARD_TESTING_KINDS else ("burst",)
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """A failed attempt as detection sees it (a payment_attempts row)."""
+
+    id: str
+    created: datetime
+    card_fingerprint: str | None = None
+    customer_id: str | None = None
+    email: str | None = None
+    ip_address: str | None = None
+    promotion_code: str | None = None
+
+    def entity(self, kind: EntityKind) -> str | None:
+        value: str | None = getattr(self, ENTITY_COLUMNS[kind])
+        return value
+
+
+@dataclass(frozen=True, order=True)
+class Point:
+    """One failed attempt of one entity: when, which attempt, which card."""
+
+    created: datetime
+    id: str
+    card: str | None = None
+
+
+@dataclass(frozen=True, order=True)
+class Window:
+    start: datetime
+    end: datetime
+    failures: int
+    distinct_cards: int
+    attempt_ids: tuple[str, ...] = field(compare=False, default=())
+
+
+@dataclass(frozen=True, order=True)
+class Flag:
+    entity_kind: str
+    entity_value: str
+    pattern: str
+    window_start: datetime
+    window_end: datetime
+    failures: int
+    distinct_cards: int
+    attempt_ids: tuple[str, ...] = field(compare=False, default=())
+
+    @property
+    def key(self) -> tuple[str, str, str, datetime, datetime, int, int]:
+        return (
+            self.entity_kind,
+            self.entity_value,
+            self.pattern,
+            self.window_start,
+            self.window_end,
+            self.failures,
+            self.distinct_cards,
+        )
+
+
+def _first(a: str | None, b: str | None) -> str | None:
+    if a is None or b is None:
+        return a if b is None else b
+    return min(a, b)
+
+
+def merge_duplicate(a: Attempt, b: Attempt) -> Attempt:
+    """Two records of one attempt id: the earliest `created` (as
+    core.webhook.handlers.record_attempt keeps) and every known field; independent of which arrived
+    first."""
+    return Attempt(
+        id=a.id,
+        created=min(a.created, b.created),
+        **{col: _first(getattr(a, col), getattr(b, col)) for col in ENTITY_COLUMNS.values()},
+    )
+
+
+def dedupe(attempts: Iterable[Attempt]) -> list[Attempt]:
+    """One record per attempt id, however often it was delivered."""
+    seen: dict[str, Attempt] = {}
+    for attempt in attempts:
+        known = seen.get(attempt.id)
+        seen[attempt.id] = attempt if known is None else merge_duplicate(known, attempt)
+    return list(seen.values())
+
+
+def points_by_entity(attempts: Iterable[Attempt]) -> dict[tuple[EntityKind, str], list[Point]]:
+    """Each (kind, value) with its failed attempts, deduplicated by attempt id."""
+    groups: dict[tuple[EntityKind, str], list[Point]] = {}
+    for attempt in dedupe(attempts):
+        for kind in ENTITY_COLUMNS:
+            value = attempt.entity(kind)
+            if value is not None:
+                point = Point(attempt.created, attempt.id, attempt.card_fingerprint)
+                groups.setdefault((kind, value), []).append(point)
+    return groups
+
+
+BY_TIME = attrgetter("created", "id")
+
+
+def _unique_points(points: Iterable[Point]) -> list[Point]:
+    by_id: dict[str, Point] = {}
+    for p in points:
+        known = by_id.get(p.id)
+        if known is None:
+            by_id[p.id] = p
+        else:
+            by_id[p.id] = Point(min(p.created, known.created), p.id, _first(p.card, known.card))
+    return sorted(by_id.values(), key=BY_TIME)
+
+
+def describe(
+    points: Sequence[Point], times: Sequence[datetime], start: datetime, end: datetime
+) -> Window:
+    """The window [start, end] of `points` (sorted by time; `times` their times)."""
+    inside = points[bisect_left(times, start) : bisect_right(times, end)]
+    cards = {p.card for p in inside if p.card is not None}
+    return Window(start, end, len(inside), len(cards), tuple(p.id for p in inside))
+
+
+def detect_windows(
+    points: Iterable[Point],
+    pattern: Pattern,
+    rules: Rules,
+    *,
+    ends: tuple[datetime | None, datetime | None] = (None, None),
+) -> list[Window]:
+    """The merged windows of one entity's hits whose right end lies in `ends` (closed; None is
+    unbounded). `points` must include every failed attempt in [ends[0] - window, ends[1]]."""
+    pts = _unique_points(points)
+    lo_end, hi_end = ends
+    spans: list[tuple[datetime, datetime]] = []
+    cards: Counter[str] = Counter()
+    first = 0
+    n = len(pts)
+    for i, p in enumerate(pts):
+        if p.card is not None:
+            cards[p.card] += 1
+        if i + 1 < n and pts[i + 1].created == p.created:
+            continue  # evaluate each distinct time once, with all its attempts
+        r = p.created
+        while pts[first].created < r - rules.window:
+            gone = pts[first].card
+            if gone is not None:
+                cards[gone] -= 1
+                if not cards[gone]:
+                    del cards[gone]
+            first += 1
+        if (lo_end is not None and r < lo_end) or (hi_end is not None and r > hi_end):
+            continue
+        count = i + 1 - first
+        hit = (
+            count >= rules.threshold
+            if pattern == "burst"
+            else (len(cards) >= rules.card_testing_threshold)
+        )
+        if not hit:
+            continue
+        start = pts[first].created
+        if spans and start <= spans[-1][1]:
+            spans[-1] = (spans[-1][0], r)
+        else:
+            spans.append((start, r))
+    times = [p.created for p in pts]
+    return [describe(pts, times, s, e) for s, e in spans]
+
+
+def merge_windows(windows: Iterable[tuple[datetime, datetime]]) -> list[tuple[datetime, datetime]]:
+    """The union of closed intervals, as disjoint intervals in order."""
+    merged: list[tuple[datetime, datetime]] = []
+    for start, end in sorted(windows):
+        if merged and start <= merged[-1][1]:
+            merged[-1] = (merged[-1][0], max(end, merged[-1][1]))
+        else:
+            merged.append((start, end))
+    return merged
+
+
+def affected_range(times: Iterable[datetime], rules: Rules) -> tuple[datetime, datetime]:
+    """The right ends whose hits may change when attempts appear (or move) at `times`."""
+    ts = list(times)
+    return min(ts), max(ts) + rules.window
+
+
+def detect(attempts: Iterable[Attempt], rules: Rules | None = None) -> list[Flag]:
+    """Batch detection: every flag of every entity, in a deterministic order."""
+    rules = rules or Rules()
+    flags: list[Flag] = []
+    for (kind, value), points in points_by_entity(attempts).items():
+        for pattern in rules.patterns(kind):
+            if len(points) < rules.minimum(pattern):
+                continue
+            for w in detect_windows(points, pattern, rules):
+                flags.append(
+                    Flag(
+                        kind,
+                        value,
+                        pattern,
+                        w.start,
+                        w.end,
+                        w.failures,
+                        w.distinct_cards,
+                        w.attempt_ids,
+                    )
+                )
+    return sorted(flags)
+
+
+@dataclass(frozen=True)
+class Stored:
+    """A stored flag as reconciliation sees it."""
+
+    id: int
+    start: datetime
+    end: datetime
+    failures: int
+    status: str
+    distinct_cards: int = 0
+
+
+@dataclass
+class Plan:
+    """What to write so that the stored flags equal the recomputed windows."""
+
+    insert: list[Window] = field(default_factory=list)
+    update: list[tuple[int, Window, str]] = field(default_factory=list)  # id, window, status
+    delete: list[int] = field(default_factory=list)
+
+    @property
+    def empty(self) -> bool:
+        return not (self.insert or self.update or self.delete)
+
+
+def merged_status(statuses: Sequence[str], grew: bool) -> str:
+    """Review state of a flag that absorbed `statuses`: a confirmed attack stays confirmed; a
+    dismissed flag that gains failures is new evidence, so it is reviewed again."""
+    if "confirmed" in statuses:
+        return "confirmed"
+    if "open" in statuses or grew:
+        return "open"
+    return "dismissed"
+
+
+def reconcile(stored: Sequence[Stored], windows: Sequence[Window]) -> Plan:
+    """Replace `stored` (every stored flag in the recomputed range) by `windows`. Each window
+    keeps the oldest overlapping stored flag (its id and review), the rest are removed."""
+    plan = Plan()
+    used: set[int] = set()
+    for w in windows:
+        matched = sorted(
+            (s for s in stored if s.id not in used and s.start <= w.end and w.start <= s.end),
+            key=lambda s: s.id,
+        )
+        if not matched:
+            plan.insert.append(w)
+            continue
+        used.update(s.id for s in matched)
+        keep, absorbed = matched[0], matched[1:]
+        grew = w.failures > max(s.failures for s in matched)
+        status = merged_status([s.status for s in matched], grew)
+        changed = (keep.start, keep.end, keep.failures, keep.distinct_cards, keep.status) != (
+            w.start,
+            w.end,
+            w.failures,
+            w.distinct_cards,
+            status,
+        )
+        if changed or absorbed:
+            plan.update.append((keep.id, w, status))
+        plan.delete.extend(s.id for s in absorbed)
+    plan.delete.extend(s.id for s in stored if s.id not in used)
+    return plan
+
+
+def as_points(rows: Iterable[tuple[Any, ...]]) -> list[Point]:
+    """(id, created, card) rows to points."""
+    return [Point(created, attempt_id, card) for attempt_id, created, card in rows]

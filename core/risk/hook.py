@@ -1,0 +1,241 @@
+"""Risk flags: feeding core.risk.detector from payment_attempts and keeping risk_flags equal to it.
+
+Two entry points give the same flags for the same attempts (see core.risk.detector for why):
+
+- `on_attempt` runs inside the webhook transaction after each recorded attempt. It re-derives
+  only the neighbourhood the attempt can change: two indexed queries for that attempt's
+  entities (stored flags near it, the entity's failed attempts in the range), no network.
+  A new attempt only adds hits, so `grow` unites the recomputed windows with the stored flags;
+  an attempt whose time moved earlier (its charge arrived after its PaymentIntent) can also
+  remove hits, so `refresh` recomputes every stored flag the change touches.
+- `detect_period` (`python -m core bursts`) recomputes every entity over a period.
+
+Both replace the stored flags of the recomputed range with the recomputed windows
+(`core.risk.detector.reconcile`): a flag keeps its id and review when it grows; a dismissed
+flag that gains failures is opened again for review. On PostgreSQL a transaction-scoped advisory
+lock
+per entity (shared by batch runs, which take it exclusively) serialises concurrent writers of
+one entity's flags, so two concurrent deliveries cannot each miss the other's attempt.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Sequence
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import (
+    TextClause,
+    bindparam,
+    column,
+    text,
+)
+from sqlalchemy.orm import Session
+
+from core.db import Prepared, raw
+from core.models import UTCDateTime, utcnow
+from core.risk import detector
+from core.risk.detector import (
+    BY_TIME,
+    ENTITY_COLUMNS,
+    EntityKind,
+    Pattern,
+    Point,
+    Rules,
+    Window,
+)
+from core.risk.flags import Changes, _apply, _find_flags, _FlagRow, _lock_entities, _stored
+from core.webhook.handlers import RecordedAttempt
+
+
+@functools.lru_cache(maxsize=64)
+def _points_sql(kinds: tuple[EntityKind, ...]) -> Prepared:
+    """Failed attempts of one value per kind over a range each; rows tagged by position."""
+    parts = [
+        f"SELECT {i} AS tag, id, created, card_fingerprint FROM payment_attempts "
+        f"WHERE {ENTITY_COLUMNS[kind]} = :v{i} AND outcome = 'failed' "
+        f"AND created >= :lo{i} AND created <= :hi{i}"
+        for i, kind in enumerate(kinds)
+    ]
+    binds = [
+        bindparam(f"{name}{i}", type_=UTCDateTime())
+        for i in range(len(kinds))
+        for name in ("lo", "hi")
+    ]
+    return Prepared(
+        text(" UNION ALL ".join(parts))
+        .bindparams(*binds)
+        .columns(
+            column("tag"),
+            column("id"),
+            column("created", UTCDateTime()),
+            column("card_fingerprint"),
+        )
+    )
+
+
+def attempt_hook(rules: Rules) -> Callable[[Session, RecordedAttempt], None]:
+    """The `Context.on_attempt` hook for these rules."""
+
+    def hook(session: Session, attempt: RecordedAttempt) -> None:
+        on_attempt(session, attempt, rules)
+
+    return hook
+
+
+def on_attempt(
+    session: Session, attempt: RecordedAttempt, rules: Rules, now: datetime | None = None
+) -> Changes:
+    """Bring the flags of `attempt`'s entities up to date, inside the caller's transaction."""
+    if attempt.outcome != "failed":
+        return Changes()  # outcomes never change, so a success adds nothing to any window
+    # An attempt moved earlier (its charge arrived after its PaymentIntent) can also lose hits
+    # around its old time: those are recomputed too.
+    moved = attempt.moved_from
+    entities = [
+        (kind, value)
+        for kind, column in ENTITY_COLUMNS.items()
+        if (value := getattr(attempt, column))
+    ]
+    if not entities:
+        return Changes()
+    times = [attempt.created] + ([moved] if moved is not None else [])
+    lo, hi = detector.affected_range(times, rules)
+    if moved is None:
+        return grow(session, entities, lo, hi, rules, now=now)
+    return refresh(session, entities, lo, hi, rules, now=now)
+
+
+@functools.lru_cache(maxsize=8)
+def _count_sql(kind: EntityKind) -> TextClause:
+    return text(
+        "SELECT count(*), count(DISTINCT card_fingerprint) FROM payment_attempts "
+        f"WHERE {ENTITY_COLUMNS[kind]} = :v AND outcome = 'failed' "
+        "AND created >= :lo AND created <= :hi"
+    ).bindparams(bindparam("lo", type_=UTCDateTime()), bindparam("hi", type_=UTCDateTime()))
+
+
+def _read_points(
+    session: Session, spans: Sequence[tuple[tuple[EntityKind, str], tuple[datetime, datetime]]]
+) -> dict[tuple[EntityKind, str], list[Point]]:
+    params: dict[str, Any] = {}
+    for i, ((_kind, value), (a, b)) in enumerate(spans):
+        params.update({f"v{i}": value, f"lo{i}": a, f"hi{i}": b})
+    points: list[list[Point]] = [[] for _ in spans]
+    statement = _points_sql(tuple(kind for (kind, _value), _span in spans))
+    for tag, attempt_id, created, card in raw(session).rows(statement, params):
+        points[tag].append(Point(created, attempt_id, card))
+    return {key: pts for (key, _span), pts in zip(spans, points, strict=True)}
+
+
+def _locked_flags(
+    session: Session, entities: Sequence[tuple[EntityKind, str]], lo: datetime, hi: datetime
+) -> dict[tuple[str, str, str], list[_FlagRow]]:
+    """Lock `entities` against concurrent detection, then their stored flags overlapping
+    [lo, hi], by (kind, value, pattern)."""
+    _lock_entities(session, entities)
+    found: dict[tuple[str, str, str], list[_FlagRow]] = {}
+    for row in _find_flags(session, entities, lo, hi):
+        found.setdefault((row.entity_kind, row.entity_value, row.pattern), []).append(row)
+    return found
+
+
+def grow(
+    session: Session,
+    entities: Sequence[tuple[EntityKind, str]],
+    lo: datetime,
+    hi: datetime,
+    rules: Rules,
+    *,
+    now: datetime | None = None,
+) -> Changes:
+    """`refresh` for attempts that were only added (none moved), which only adds hits: the
+    hits with right ends in [lo, hi] are recomputed from the attempts in [lo - window, hi],
+    and united with the stored flags they overlap. A flag reaching outside that range is
+    recounted by one aggregate query instead of reading all its attempts, which keeps the
+    cost flat for busy entities (a promotion code flagged for days)."""
+    window = rules.window
+    found = _locked_flags(session, entities, lo - window, hi)
+    near = (lo - window, hi)
+    by_entity = _read_points(session, [(entity, near) for entity in entities])
+    changes = Changes()
+    for kind, value in entities:
+        points = sorted(by_entity[(kind, value)], key=BY_TIME)
+        times = [p.created for p in points]
+        for pattern in rules.patterns(kind):
+            new = detector.detect_windows(points, pattern, rules, ends=(lo, hi))
+            if not new:
+                continue  # no hit changed: the stored flags stand
+            flags = found.get((kind, value, pattern), [])
+            merged = detector.merge_windows(
+                [(w.start, w.end) for w in new] + [(f.window_start, f.window_end) for f in flags]
+            )
+            windows = []
+            for a, b in merged:
+                if not any(a <= w.start and w.end <= b for w in new):
+                    continue  # a stored flag the new hits do not reach
+                if near[0] <= a and b <= near[1]:
+                    windows.append(detector.describe(points, times, a, b))
+                else:
+                    failures, cards = session.execute(
+                        _count_sql(kind), {"v": value, "lo": a, "hi": b}
+                    ).one()
+                    windows.append(Window(a, b, int(failures), int(cards)))
+            previous = [
+                _stored(f)
+                for f in flags
+                if any(f.window_start <= w.end and w.start <= f.window_end for w in windows)
+            ]
+            changes.add(_apply(session, kind, value, pattern, previous, windows, now or utcnow()))
+    return changes
+
+
+def refresh(
+    session: Session,
+    entities: Sequence[tuple[EntityKind, str]],
+    lo: datetime,
+    hi: datetime,
+    rules: Rules,
+    *,
+    now: datetime | None = None,
+) -> Changes:
+    """Recompute the flags of `entities` for hits with right ends in [lo, hi] (extended over
+    any stored flag the range touches) and write the difference."""
+    window = rules.window
+    found = _locked_flags(session, entities, lo - window, hi)
+    # Extend each range until every stored flag overlapping [x_lo - window, x_hi] lies inside
+    # [x_lo, x_hi]: then replacing those flags by the recomputed hits is exact.
+    ranges: dict[tuple[EntityKind, str, Pattern], tuple[datetime, datetime]] = {}
+    stored: dict[tuple[EntityKind, str, Pattern], list[_FlagRow]] = {}
+    for kind, value in entities:
+        for pattern in rules.patterns(kind):
+            x_lo, x_hi = lo, hi
+            flags = found.get((kind, value, pattern), [])
+            while True:
+                new_lo = min([x_lo, *(f.window_start for f in flags)])
+                new_hi = max([x_hi, *(f.window_end for f in flags)])
+                if (new_lo, new_hi) == (x_lo, x_hi):
+                    break
+                x_lo, x_hi = new_lo, new_hi
+                flags = [
+                    f
+                    for f in _find_flags(session, [(kind, value)], x_lo - window, x_hi)
+                    if f.pattern == pattern
+                ]
+            stored[(kind, value, pattern)] = flags
+            ranges[(kind, value, pattern)] = (x_lo, x_hi)
+    spans: dict[tuple[EntityKind, str], tuple[datetime, datetime]] = {}
+    for (kind, value, _pattern), (x_lo, x_hi) in ranges.items():
+        a, b = spans.get((kind, value), (x_lo, x_hi))
+        spans[(kind, value)] = (min(a, x_lo), max(b, x_hi))
+    by_entity = _read_points(session, [(key, (a - window, b)) for key, (a, b) in spans.items()])
+    changes = Changes()
+    for (kind, value, pattern), (x_lo, x_hi) in ranges.items():
+        windows = detector.detect_windows(
+            by_entity[(kind, value)], pattern, rules, ends=(x_lo, x_hi)
+        )
+        previous = [_stored(f) for f in stored[(kind, value, pattern)]]
+        if windows or previous:
+            changes.add(_apply(session, kind, value, pattern, previous, windows, now or utcnow()))
+    return changes

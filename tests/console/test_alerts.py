@@ -1,0 +1,309 @@
+"""Alerts: spike rules, one alert per condition per window, Slack-compatible delivery to a
+loopback HTTP server with retries, nothing sent without a URL; Prometheus metrics on the
+receiver expose the same signals."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from pytest_httpserver import HTTPServer
+from sqlalchemy import Engine, select
+from starlette.testclient import TestClient
+from werkzeug import Request, Response
+
+from core.__main__ import main as cli
+from core.console import alerts
+from core.console.alerts import Rate
+from core.db import session_scope
+from core.models import Alert, AuditEntry, PaymentAttempt, WebhookDelivery
+from core.risk import batch
+from core.risk.detector import Rules
+from core.settings import load_settings
+from receiver.app import create_app
+from tests.conftest import SECRET
+
+SPIKE_CASES = [
+    ("too few attempts to judge", Rate(19, 19), Rate(10, 100), False),
+    ("doubled and 10 points up", Rate(20, 100), Rate(10, 100), True),
+    ("doubled but only 2 points up", Rate(4, 100), Rate(2, 100), False),
+    ("10 points up but not doubled", Rate(40, 100), Rate(30, 100), False),
+    ("no baseline: against the 10 % default", Rate(20, 40), Rate(0, 0), True),
+    ("no baseline, ordinary rate", Rate(3, 40), Rate(0, 5), False),
+    ("exactly at the minimum count", Rate(10, 20), Rate(5, 100), True),
+]
+
+
+@pytest.mark.parametrize(
+    ("current", "baseline", "fires"), [c[1:] for c in SPIKE_CASES], ids=[c[0] for c in SPIKE_CASES]
+)
+def test_spike_rule(current: Rate, baseline: Rate, fires: bool) -> None:
+    assert alerts.is_spike(current, baseline) is fires
+
+
+def test_windows_are_aligned() -> None:
+    now = datetime(2026, 11, 2, 9, 44, 59, tzinfo=UTC)
+    assert alerts.window_start(now) == datetime(2026, 11, 2, 9, 30, tzinfo=UTC)
+    assert alerts.window_start(now + timedelta(seconds=1)) == datetime(
+        2026, 11, 2, 9, 45, tzinfo=UTC
+    )
+
+
+# --- Helpers ----------------------------------------------------------------------------------
+
+
+def make_flag(engine: Engine, fingerprint: str = "fpALERT") -> int:
+    base = datetime.now(UTC) - timedelta(hours=2)
+    with session_scope(engine) as session:
+        for i in range(4):
+            session.add(
+                PaymentAttempt(
+                    id=f"ch_{fingerprint}{i}",
+                    outcome="failed",
+                    created=base + timedelta(minutes=i),
+                    card_fingerprint=fingerprint,
+                )
+            )
+        session.flush()
+        result = batch.detect_period(session, Rules())
+        (flag_id,) = result.changes.created
+        return flag_id
+
+
+def add_attempts(
+    engine: Engine, now: datetime, *, failed: int, succeeded: int, ago: timedelta
+) -> None:
+    with session_scope(engine) as session:
+        for i in range(failed + succeeded):
+            session.add(
+                PaymentAttempt(
+                    id=f"ch_rate{ago.total_seconds():.0f}_{i}",
+                    outcome="failed" if i < failed else "succeeded",
+                    created=now - ago - timedelta(seconds=i),
+                )
+            )
+
+
+def run(engine: Engine, url: str | None, now: datetime | None = None) -> alerts.Report:
+    sleeps: list[float] = []
+    settings = load_settings(alert_webhook_url=url)
+    return alerts.run(engine, settings, now=now, sleep=sleeps.append)
+
+
+def posted_texts(server: HTTPServer) -> list[str]:
+    return [json.loads(req.get_data())["text"] for req, _resp in server.log]
+
+
+def audit_actions(engine: Engine) -> list[str]:
+    with session_scope(engine, write=False) as session:
+        return list(session.execute(select(AuditEntry.action).order_by(AuditEntry.id)).scalars())
+
+
+# --- Delivery ---------------------------------------------------------------------------------
+
+
+def test_new_flag_is_posted_once(engine: Engine, httpserver: HTTPServer) -> None:
+    flag_id = make_flag(engine)
+    httpserver.expect_request("/hooks/alerts", method="POST").respond_with_data("ok")
+    url = httpserver.url_for("/hooks/alerts")
+    report = run(engine, url)
+    assert report.raised == [f"risk_flag:{flag_id}"]
+    assert report.delivered == [f"risk_flag:{flag_id}"]
+    (text,) = posted_texts(httpserver)
+    assert text.startswith(f"Risk flag #{flag_id}: burst of failed payments for one card: 4 ")
+    request, _ = httpserver.log[0]
+    assert request.headers["Content-Type"] == "application/json"
+    # Later runs in the same window (and after it: a flag is alerted once) post nothing more.
+    assert run(engine, url).raised == []
+    assert run(engine, url, datetime.now(UTC) + timedelta(hours=1)).delivered == []
+    assert len(httpserver.log) == 1
+    assert audit_actions(engine) == ["alert.raised", "alert.delivered"]
+    with session_scope(engine, write=False) as session:
+        alert = session.execute(select(Alert)).scalar_one()
+        assert alert.delivered_at is not None
+        assert alert.delivery_attempts == 1
+
+
+def test_delivery_is_retried_with_backoff(sqlite_engine: Engine, httpserver: HTTPServer) -> None:
+    make_flag(sqlite_engine)
+    answers = iter([503, 500, 200])
+
+    def handler(_request: Request) -> Response:
+        return Response("", status=next(answers))
+
+    httpserver.expect_request("/hook").respond_with_handler(handler)
+    sleeps: list[float] = []
+    report = alerts.run(
+        sqlite_engine,
+        load_settings(alert_webhook_url=httpserver.url_for("/hook")),
+        sleep=sleeps.append,
+    )
+    assert len(report.delivered) == 1
+    assert len(httpserver.log) == 3
+    assert sleeps == [0.5, 1.0]
+    assert len(set(posted_texts(httpserver))) == 1  # the same alert, retried
+
+
+def test_failed_delivery_is_retried_by_the_next_run(
+    sqlite_engine: Engine, httpserver: HTTPServer
+) -> None:
+    make_flag(sqlite_engine)
+    status = {"code": 502}
+    httpserver.expect_request("/hook").respond_with_handler(
+        lambda _r: Response("", status=status["code"])
+    )
+    url = httpserver.url_for("/hook")
+    first = run(sqlite_engine, url)
+    assert (first.delivered, len(first.failed)) == ([], 1)
+    assert len(httpserver.log) == alerts.POST_TRIES
+    status["code"] = 204
+    second = run(sqlite_engine, url)
+    assert len(second.delivered) == 1
+    assert second.raised == []  # the same alert, not a second one
+    assert run(sqlite_engine, url).delivered == []
+    assert len(httpserver.log) == alerts.POST_TRIES + 1
+    assert audit_actions(sqlite_engine) == [
+        "alert.raised",
+        "alert.delivery_failed",
+        "alert.delivered",
+    ]
+
+
+def test_a_rejected_post_is_not_repeated(sqlite_engine: Engine, httpserver: HTTPServer) -> None:
+    make_flag(sqlite_engine)
+    httpserver.expect_request("/hook").respond_with_data("no such hook", status=404)
+    report = run(sqlite_engine, httpserver.url_for("/hook"))
+    assert len(report.failed) == 1
+    assert len(httpserver.log) == 1
+    with session_scope(sqlite_engine, write=False) as session:
+        assert session.execute(select(Alert.last_error)).scalar_one() == "HTTP 404"
+
+
+def test_an_unreachable_url_fails_cleanly(sqlite_engine: Engine) -> None:
+    make_flag(sqlite_engine)
+    from tests.support.postgres import free_port
+
+    report = run(sqlite_engine, f"http://127.0.0.1:{free_port()}/hook")
+    assert len(report.failed) == 1
+    with session_scope(sqlite_engine, write=False) as session:
+        assert session.execute(select(Alert.last_error)).scalar_one() == "ConnectError"
+
+
+def test_nothing_is_sent_without_a_url(
+    engine: Engine, httpserver: HTTPServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    httpserver.expect_request("/hook").respond_with_data("ok")
+    flag_id = make_flag(engine)
+    report = run(engine, None)
+    assert report.raised == [f"risk_flag:{flag_id}"]
+    assert report.not_sent == 1
+    assert "not sent (ALERT_WEBHOOK_URL is not set)" in report.describe()
+    assert httpserver.log == []
+    assert f"alert risk_flag:{flag_id}" in caplog.text  # always logged
+    assert audit_actions(engine) == ["alert.raised"]  # and audited
+    with session_scope(engine, write=False) as session:
+        (alert,) = alerts.recent_alerts(session)
+        assert alert.delivered_at is None
+
+
+def test_a_claimed_alert_is_not_posted_by_a_concurrent_run(
+    sqlite_engine: Engine, httpserver: HTTPServer
+) -> None:
+    make_flag(sqlite_engine)
+    run(sqlite_engine, None)  # raised, not delivered
+    httpserver.expect_request("/hook").respond_with_data("ok")
+    now = datetime.now(UTC)
+    with session_scope(sqlite_engine, write=False) as session:
+        alert_id = session.execute(select(Alert.id)).scalar_one()
+    assert alerts._claim(sqlite_engine, alert_id, now)  # another run holds the lease
+    url = httpserver.url_for("/hook")
+    assert alerts.deliver(sqlite_engine, url, now=now).delivered == []
+    assert httpserver.log == []
+    # A lease left by a run that died expires, and the alert is delivered then.
+    later = now + alerts.CLAIM_LEASE + timedelta(seconds=1)
+    assert len(alerts.deliver(sqlite_engine, url, now=later).delivered) == 1
+
+
+def test_decline_spike_once_per_window(engine: Engine, httpserver: HTTPServer) -> None:
+    now = datetime.now(UTC).replace(microsecond=0)
+    add_attempts(engine, now, failed=10, succeeded=90, ago=timedelta(hours=3))  # baseline 10 %
+    add_attempts(engine, now, failed=24, succeeded=6, ago=timedelta(minutes=1))  # now 80 %
+    httpserver.expect_request("/hook").respond_with_data("ok")
+    url = httpserver.url_for("/hook")
+    assert run(engine, url, now).raised == ["decline_rate_spike"]
+    assert run(engine, url, now + timedelta(seconds=30)).raised == []
+    (text,) = posted_texts(httpserver)
+    assert text.startswith("Decline rate spike: 80% of 30 attempts in the last 15 min")
+    # The spike still shows in the next window: one more alert, for that window.
+    next_window = alerts.window_start(now) + alerts.ALERT_WINDOW + timedelta(seconds=5)
+    add_attempts(engine, next_window, failed=24, succeeded=6, ago=timedelta(seconds=1))
+    assert run(engine, url, next_window).raised == ["decline_rate_spike"]
+    assert len(httpserver.log) == 2
+
+
+def test_webhook_failure_and_retry_spikes(sqlite_engine: Engine) -> None:
+    now = datetime.now(UTC)
+    with session_scope(sqlite_engine) as session:
+        for i, outcome in enumerate(["rejected"] * 15 + ["duplicate"] * 10 + ["processed"] * 5):
+            session.add(
+                WebhookDelivery(
+                    received_at=now - timedelta(seconds=i + 1),
+                    http_status=400 if outcome == "rejected" else 200,
+                    outcome=outcome,
+                )
+            )
+    report = run(sqlite_engine, None, now)
+    assert sorted(report.raised) == ["webhook_failure_spike", "webhook_retry_spike"]
+
+
+# --- Prometheus -------------------------------------------------------------------------------
+
+
+def scrape(db_url: str) -> dict[str, float]:
+    settings = load_settings(database_url=db_url, stripe_webhook_secrets=SECRET)
+    with TestClient(create_app(settings)) as client:
+        response = client.get("/metrics")
+    assert response.status_code == 200
+    samples = {}
+    for line in response.text.splitlines():
+        if line.startswith("payments_"):
+            name, _, value = line.rpartition(" ")
+            samples[name] = float(value)
+    return samples
+
+
+def test_metrics_expose_the_same_signals(engine: Engine, db_url: str) -> None:
+    make_flag(engine)
+    now = datetime.now(UTC)
+    add_attempts(engine, now, failed=3, succeeded=1, ago=timedelta(minutes=2))
+    samples = scrape(db_url)
+    assert samples["payments_signals_up"] == 1
+    assert samples['payments_risk_flags_open{entity_kind="card"}'] == 1
+    assert samples['payments_risk_flags_open{entity_kind="ip"}'] == 0
+    assert samples['payments_decline_rate{window="900s"}'] == 0.75
+    assert samples['payments_decline_events{kind="total",window="900s"}'] == 4
+
+
+def test_metrics_answer_when_the_database_cannot_be_read(tmp_path: Path) -> None:
+    samples = scrape(f"sqlite:///{tmp_path}/never_migrated.db")
+    assert samples["payments_signals_up"] == 0
+
+
+def test_alerts_command(
+    sqlite_url: str,
+    sqlite_engine: Engine,
+    httpserver: HTTPServer,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    make_flag(sqlite_engine)
+    httpserver.expect_request("/hook").respond_with_data("ok")
+    monkeypatch.setenv("DATABASE_URL", sqlite_url)
+    monkeypatch.setenv("ALERT_WEBHOOK_URL", httpserver.url_for("/hook"))
+    assert cli(["alerts"]) == 0
+    assert "1 alerts raised, 1 delivered, 0 failed" in capsys.readouterr().out
+    assert cli(["alerts", "check"]) == 0
+    assert "0 alerts raised" in capsys.readouterr().out
+    assert len(httpserver.log) == 1

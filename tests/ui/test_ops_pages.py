@@ -1,0 +1,229 @@
+"""The Stripe operations pages through the dashboard's entrypoint (AppTest), per role, against
+the offline-demo stand-in serving Stripe-shaped answers derived from the test database."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from sqlalchemy import Engine, func, select
+from streamlit.testing.v1 import AppTest
+
+from core.db import make_engine, session_scope
+from core.models import AuditEntry, Fulfillment, Order, StripeEvent
+from core.webhook import orders
+from core.webhook.handlers import Context
+from core.webhook.receive import apply_event
+from dashboard.live import STANDIN_NOTICE
+from demo.standin import StandIn, start_in_thread
+from tests.support import stripe_objects as so
+from tests.support.apptest import app_as, refused
+from tests.support.stripe_standin import demo_standin
+
+NOW = datetime.now(UTC)
+REASON = "Fulfiller timed out after the payment; customer is waiting."
+
+
+@pytest.fixture
+def shop(sqlite_url: str) -> Iterator[Engine]:
+    """One fulfilled order that used a code, one paid but unfulfilled order (id 2)."""
+    engine = make_engine(sqlite_url)
+    done = so.checkout_session(amount_total=3000, promotion_code="promo_SPRING")
+    with session_scope(engine) as session:
+        apply_event(session, so.event("checkout.session.completed", done), Context(), "webhook")
+        with orders.locked_order(
+            session,
+            checkout_session_id="cs_test_waiting",
+            payment_intent_id="pi_test_waiting",
+            defaults={"created_at": NOW - timedelta(hours=1)},
+        ) as order:
+            order.amount_total, order.currency = 4500, "usd"
+            order.customer_email = "wanda@example.com"
+            orders.mark_paid(order, NOW - timedelta(minutes=50))
+            orders.refresh_status(session, order, event_id=None, actor=None, at=NOW)
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture
+def standin(shop: Engine, monkeypatch: pytest.MonkeyPatch) -> Iterator[StandIn]:
+    stand = StandIn(shop)
+    stand.seed()
+    server, url = start_in_thread(stand)
+    monkeypatch.setenv("STRIPE_API_BASE", url)
+    yield stand
+    server.shutdown()
+    server.server_close()
+
+
+def click(at: AppTest, label: str) -> AppTest:
+    buttons = [b for b in at.button if b.label == label]
+    assert buttons, f"no button {label!r}: {[b.label for b in at.button]}"
+    buttons[0].click().run()
+    assert not at.exception, at.exception
+    return at
+
+
+def texts(at: AppTest) -> str:
+    kinds = ("success", "error", "info", "warning")
+    parts = [getattr(e, "value", "") for kind in kinds for e in at.get(kind)]
+    return "\n".join(str(p) for p in parts)
+
+
+@pytest.mark.parametrize(
+    ("page", "allowed_roles"),
+    [
+        ("pages/promotions.py", {"support", "finance", "admin"}),
+        ("pages/fulfillment.py", {"support", "admin"}),
+        ("pages/operations.py", {"admin"}),
+    ],
+)
+@pytest.mark.parametrize("role", ["support", "finance", "admin"])
+def test_pages_per_role(
+    sqlite_url: str, standin: StandIn, page: str, allowed_roles: set[str], role: str
+) -> None:
+    at = app_as(role, sqlite_url, page=page)
+    assert not at.exception, at.exception
+    if role in allowed_roles:
+        assert not refused(at)
+        assert STANDIN_NOTICE in texts(at)  # the stand-in is plainly labelled
+    else:
+        assert refused(at)
+        assert STANDIN_NOTICE not in texts(at)
+        assert not at.dataframe
+
+
+def test_promotions_page_lists_codes_and_only_admins_manage(
+    sqlite_url: str, standin: StandIn
+) -> None:
+    support = app_as("support", sqlite_url, page="pages/promotions.py")
+    table = support.dataframe[0].value
+    assert list(table["code"]) == ["SPRING"] and list(table["redeemed"]) == [1]
+    usage = support.dataframe[1].value
+    assert list(usage["code"]) == ["SPRING"] and list(usage["paid orders"]) == [1]
+    assert not [b for b in support.button if b.label == "Create promotion code"]
+
+    admin = app_as("admin", sqlite_url, page="pages/promotions.py")
+    admin.text_input(key="pc_code").input("NEW YEAR")
+    admin.text_input(key="pc_percent").input("15")
+    click(admin, "Create promotion code")
+    assert "only letters, digits, dashes and underscores" in texts(admin)
+    assert len(standin.codes) == 1  # nothing was sent
+
+    admin.text_input(key="pc_code").input("NEWYEAR")
+    click(admin, "Create promotion code")
+    assert "Created promotion code NEWYEAR" in texts(admin)
+    created = [c for c in standin.codes.values() if c["code"] == "NEWYEAR"]
+    assert len(created) == 1 and created[0]["active"]
+
+    admin = app_as("admin", sqlite_url, page="pages/promotions.py")
+    admin.selectbox(key="pc_pick").select("NEWYEAR (active)").run()
+    click(admin, "Deactivate NEWYEAR")
+    assert created[0]["active"] is False
+    with session_scope(make_engine(sqlite_url), write=False) as session:
+        actions = session.execute(select(AuditEntry.action).order_by(AuditEntry.id)).scalars()
+        assert [a for a in actions if a.startswith(("coupon", "promotion"))] == [
+            "coupon.create",
+            "promotion_code.create",
+            "promotion_code.deactivate",
+        ]
+
+
+def test_support_requests_and_admin_approves(sqlite_url: str, standin: StandIn) -> None:
+    support = app_as("support", sqlite_url, page="pages/fulfillment.py")
+    awaiting = support.dataframe[0].value
+    assert list(awaiting["order"]) == [2]
+    assert list(awaiting["email"]) == ["wanda@example.com"]
+    support.number_input(key="mf_order").set_value(2)
+    support.text_area(key="mf_reason").input(REASON)
+    support.text_input(key="mf_confirm").input("2")
+    click(support, "Request fulfillment")
+    assert "an admin must approve it" in texts(support)
+    assert not [b for b in support.button if b.label == "Approve and fulfil"]
+
+    admin = app_as("admin", sqlite_url, page="pages/fulfillment.py")
+    admin.text_input(key="mf_approve_confirm_1").input("2")
+    click(admin, "Approve and fulfil")
+    assert "Order 2 fulfilled" in texts(admin)
+    with session_scope(make_engine(sqlite_url), write=False) as session:
+        fulfilled = session.execute(
+            select(Fulfillment.source, Fulfillment.actor).where(Fulfillment.order_id == 2)
+        ).one()
+        assert tuple(fulfilled) == ("manual", "admin")
+        order = session.get(Order, 2)
+        assert order is not None and order.status == "fulfilled"
+
+
+def test_admin_fulfils_directly_and_a_second_try_is_told(sqlite_url: str, standin: StandIn) -> None:
+    admin = app_as("admin", sqlite_url, page="pages/fulfillment.py")
+    for _ in range(2):
+        admin.number_input(key="mf_d_order").set_value(2)
+        admin.text_area(key="mf_d_reason").input(REASON)
+        admin.text_input(key="mf_d_confirm").input("2")
+        click(admin, "Fulfil now")
+    assert "Order 2 is already fulfilled." in texts(admin)
+    with session_scope(make_engine(sqlite_url), write=False) as session:
+        assert session.execute(select(func.count()).select_from(Fulfillment)).scalar_one() == 2
+
+
+def test_operations_reconcile_and_replay(sqlite_url: str, standin: StandIn) -> None:
+    admin = app_as("admin", sqlite_url, page="pages/operations.py")
+    click(admin, "Run reconciliation")
+    report = admin.code[0].value
+    assert "nothing to do" in report  # the stand-in's events are ours: nothing is missing
+
+    with session_scope(make_engine(sqlite_url), write=False) as session:
+        event_id = session.execute(select(StripeEvent.id)).scalar_one()
+    admin.text_input(key="ops_event").input(event_id).run()
+    assert next(b for b in admin.button if b.label == "Replay for real").disabled
+    click(admin, "Dry run")
+    assert "would change nothing: it was already applied" in texts(admin)
+    click(admin, "Replay for real")
+    assert "changed nothing" in texts(admin)
+
+
+def test_endpoint_health_on_the_webhooks_page(
+    shop: Engine, sqlite_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with demo_standin(sqlite_url) as url:
+        monkeypatch.setenv("STRIPE_API_BASE", url)
+        finance = app_as("finance", sqlite_url, page="pages/webhooks.py")
+    assert not finance.exception
+    assert "Webhook endpoint health" in [h.value for h in finance.subheader]
+    assert "sends every event we handle" in texts(finance)
+
+
+def test_without_stripe_configured_pages_say_so(shop: Engine, sqlite_url: str) -> None:
+    """No key and no stand-in: the Stripe pages say what to configure; Webhooks still works."""
+    promotions = app_as("admin", sqlite_url, page="pages/promotions.py")
+    assert not promotions.exception
+    assert "Stripe is not configured: set STRIPE_SECRET_KEY" in texts(promotions)
+    assert not promotions.dataframe
+    webhooks = app_as("finance", sqlite_url, page="pages/webhooks.py")
+    assert not webhooks.exception
+    assert "Stripe's view of the endpoints is unavailable" in texts(webhooks)
+
+
+def test_unreachable_standin_is_a_message_not_a_trace(
+    shop: Engine, sqlite_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("STRIPE_API_BASE", "http://127.0.0.1:9")  # nothing listens there
+    at = app_as("admin", sqlite_url, page="pages/operations.py")
+    click(at, "Run reconciliation")
+    assert "Stripe could not be reached" in texts(at)
+    assert not at.code
+
+
+def test_an_admin_cannot_approve_their_own_request_on_the_page(
+    sqlite_url: str, standin: StandIn
+) -> None:
+    admin = app_as("admin", sqlite_url, page="pages/fulfillment.py")
+    admin.number_input(key="mf_order").set_value(2)
+    admin.text_area(key="mf_reason").input(REASON)
+    admin.text_input(key="mf_confirm").input("2")
+    click(admin, "Request fulfillment")
+    assert "an admin must approve it" in texts(admin)
+    admin.run()
+    assert "Your own request: another admin must approve it." in [c.value for c in admin.caption]
+    assert not [b for b in admin.button if b.label == "Approve and fulfil"]

@@ -1,0 +1,738 @@
+"""The dashboard pages through the entrypoint, for every page and every role.
+
+The data is a small shop built through core's real webhook path (signed events, the one
+transaction, the handlers), at known times, so every figure a page shows is computed here by
+hand: 4 orders this week and 1 the week before, 7 payment attempts, a duplicate delivery, a
+forged signature and a fulfillment that failed."""
+
+from __future__ import annotations
+
+import re
+import shutil
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pytest
+from sqlalchemy import Engine, select
+from streamlit.testing.v1 import AppTest
+
+from core.auth.permissions import ROLES, Actor, PermissionDenied, Role, allowed
+from core.console.period import Period
+from core.db import make_engine, session_scope
+from core.models import Alert, Order
+from core.webhook.handlers import Context
+from core.webhook.receive import receive
+from dashboard import data, guard
+from dashboard.widgets import PAGE_SIZE
+from tests.conftest import SECRET
+from tests.support import stripe_objects as so
+from tests.support.apptest import app_as, nav_titles, refused
+
+FORGED_SECRET = "whsec_not_ours_0000000000000000"
+
+
+# --- A small shop, through the webhook path ----------------------------------------------------
+
+
+@dataclass
+class Shop:
+    """Orders and their events, delivered at chosen times through `core.webhook.receive.receive`."""
+
+    engine: Engine
+    now: datetime
+
+    def deliver(
+        self,
+        event_type: str,
+        obj: dict[str, Any],
+        at: datetime,
+        *,
+        secret: str = SECRET,
+        event_id: str | None = None,
+        fulfiller: Callable[[Any, Order], None] | None = None,
+    ) -> tuple[str, str]:
+        """Stripe creates the event at `at` and delivers it 2 s later; (event id, outcome)."""
+        evt = so.event(event_type, obj, event_id=event_id, created=int(at.timestamp()))
+        received = at + timedelta(seconds=2)
+        body, header = so.signed(evt, secret, timestamp=int(received.timestamp()))
+        ctx = Context(clock=lambda: received)
+        if fulfiller is not None:
+            ctx = Context(clock=lambda: received, fulfiller=fulfiller)
+        outcome = receive(self.engine, body, header, secrets=[SECRET], tolerance=300, ctx=ctx)
+        return str(evt["id"]), outcome.result
+
+    def paid_order(
+        self,
+        at: datetime,
+        *,
+        email: str,
+        amount: int,
+        currency: str,
+        fingerprint: str,
+        last4: str,
+        failed_first: str | None = None,
+    ) -> dict[str, Any]:
+        """An order paid by card at `at`, optionally after one declined attempt."""
+        pi = so.unique("pi")
+        cs = so.unique("cs_test")
+        ids: dict[str, Any] = {"pi": pi, "cs": cs, "customer": so.unique("cus")}
+        if failed_first:
+            ch = so.charge(
+                payment_intent=pi,
+                succeeded=False,
+                amount=amount,
+                currency=currency,
+                fingerprint=fingerprint,
+                last4=last4,
+                decline_code=failed_first,
+                created=int((at - timedelta(minutes=5)).timestamp()),
+                email=email,
+            )
+            self.deliver("charge.failed", ch, at - timedelta(minutes=5))
+        ch = so.charge(
+            payment_intent=pi,
+            amount=amount,
+            currency=currency,
+            fingerprint=fingerprint,
+            last4=last4,
+            created=int(at.timestamp()),
+            email=email,
+        )
+        ids["charge"] = ch["id"]
+        self.deliver("charge.succeeded", ch, at)
+        session = so.checkout_session(
+            session_id=cs,
+            payment_intent=pi,
+            amount_total=amount,
+            currency=currency,
+            email=email,
+            customer=ids["customer"],
+            created=int((at - timedelta(minutes=10)).timestamp()),
+        )
+        ids["completed_event"], _ = self.deliver(
+            "checkout.session.completed", session, at + timedelta(seconds=30)
+        )
+        ids["session"] = session
+        return ids
+
+
+@dataclass(frozen=True)
+class Facts:
+    """What the shop holds, for assertions; every number below is derived in `build_shop`."""
+
+    jenny: dict[str, Any]
+    taro: dict[str, Any]
+    claire: dict[str, Any]
+    tester: dict[str, Any]
+    failing_event: str
+    jenny_order_id: int
+    day: datetime  # 09:00 UTC on the day of all this week's activity
+
+
+JENNY = "jenny.rosen@example.com"
+TARO = "taro.yamada@example.jp"
+CLAIRE = "claire.dubois@example.fr"
+TESTER = "card.tester@example.net"
+EMAILS = (JENNY, TARO, CLAIRE, TESTER)
+
+
+LATE = "late.order@example.com"
+
+
+def _warehouse_down(session: Any, order: Order) -> None:
+    raise RuntimeError(f"warehouse API timed out shipping to {order.customer_email}")
+
+
+def build_shop(engine: Engine, now: datetime | None = None) -> Facts:
+    """All activity on one UTC day two days ago (so day buckets are exact), plus one order
+    ten days ago for the previous-period comparison."""
+    now = now or datetime.now(UTC)
+    day = (now - timedelta(days=2)).replace(hour=9, minute=0, second=0, microsecond=0)
+    shop = Shop(engine, now)
+
+    # Jenny: declined once (insufficient funds), then paid USD 25.00 with the same card; Stripe
+    # delivered the completed event twice.
+    jenny = shop.paid_order(
+        day,
+        email=JENNY,
+        amount=2500,
+        currency="usd",
+        fingerprint="fpJenny000000001",
+        last4="4242",
+        failed_first="insufficient_funds",
+    )
+    _, outcome = shop.deliver(
+        "checkout.session.completed",
+        jenny["session"],
+        day + timedelta(seconds=30),
+        event_id=jenny["completed_event"],
+    )
+    assert outcome == "duplicate"
+
+    # Taro: JPY 5,000 (a zero-decimal currency), refunded in full an hour later.
+    taro = shop.paid_order(
+        day + timedelta(hours=1),
+        email=TARO,
+        amount=5000,
+        currency="jpy",
+        fingerprint="fpTaro0000000002",
+        last4="1881",
+    )
+    refunded = so.charge(
+        charge_id=taro["charge"],
+        payment_intent=taro["pi"],
+        amount=5000,
+        currency="jpy",
+        amount_refunded=5000,
+    )
+    shop.deliver("charge.refunded", refunded, day + timedelta(hours=2))
+
+    # Claire: EUR 19.99, then disputed.
+    claire = shop.paid_order(
+        day + timedelta(hours=3),
+        email=CLAIRE,
+        amount=1999,
+        currency="eur",
+        fingerprint="fpClaire00000003",
+        last4="5556",
+    )
+    shop.deliver(
+        "charge.dispute.created",
+        so.dispute(charge_id=claire["charge"], payment_intent=claire["pi"]),
+        day + timedelta(hours=4),
+    )
+
+    # A card tester: three declines on one card, then the session expires.
+    tester = {"pi": so.unique("pi"), "cs": so.unique("cs_test")}
+    for minute, code in enumerate(("do_not_honor", "do_not_honor", "stolen_card")):
+        at = day + timedelta(hours=5, minutes=minute)
+        ch = so.charge(
+            payment_intent=tester["pi"],
+            succeeded=False,
+            amount=9900,
+            currency="usd",
+            fingerprint="fpTester00000004",
+            last4="0002",
+            decline_code=code,
+            created=int(at.timestamp()),
+            email=TESTER,
+        )
+        shop.deliver("charge.failed", ch, at)
+    expired = so.checkout_session(
+        session_id=tester["cs"],
+        payment_intent=tester["pi"],
+        payment_status="unpaid",
+        status="expired",
+        amount_total=9900,
+        email=TESTER,
+        customer=None,
+        created=int((day + timedelta(hours=5)).timestamp()),
+    )
+    shop.deliver("checkout.session.expired", expired, day + timedelta(hours=6))
+
+    # A forged delivery (someone else's secret) and a paid order whose fulfillment failed.
+    _, outcome = shop.deliver(
+        "checkout.session.completed",
+        so.checkout_session(),
+        day + timedelta(hours=7),
+        secret=FORGED_SECRET,
+    )
+    assert outcome == "rejected"
+    failing, outcome = shop.deliver(
+        "checkout.session.completed",
+        so.checkout_session(email=LATE, amount_total=4200),
+        day + timedelta(hours=8),
+        fulfiller=_warehouse_down,
+    )
+    assert outcome == "error"
+
+    # The previous week: one order of USD 10.00.
+    shop.paid_order(
+        now - timedelta(days=10),
+        email="previous.week@example.com",
+        amount=1000,
+        currency="usd",
+        fingerprint="fpPrev0000000005",
+        last4="3155",
+    )
+    with session_scope(engine, write=False) as session:
+        jenny_order_id = session.execute(
+            select(Order.id).where(Order.checkout_session_id == jenny["cs"])
+        ).scalar_one()
+    return Facts(jenny, taro, claire, tester, failing, jenny_order_id, day)
+
+
+@pytest.fixture(scope="module")
+def shop_template(
+    sqlite_template: Path, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[Path, Facts]:
+    """The shop is built once per module (through the webhook path) and copied per test."""
+    path = tmp_path_factory.mktemp("shop") / "shop.db"
+    shutil.copyfile(sqlite_template, path)
+    engine = make_engine(f"sqlite:///{path}")
+    facts = build_shop(engine)
+    engine.dispose()  # the last connection closing folds the WAL into the file
+    return path, facts
+
+
+@pytest.fixture
+def shop(shop_template: tuple[Path, Facts], tmp_path: Path) -> Iterator[tuple[str, Facts]]:
+    """(database URL, facts) of a private copy of the shop."""
+    template, facts = shop_template
+    path = tmp_path / "shop.db"
+    shutil.copyfile(template, path)
+    data.clear()
+    yield f"sqlite:///{path}", facts
+    data.clear()
+
+
+# --- Reading what a page shows -------------------------------------------------------------------
+
+
+def _protos(node: Any) -> Iterator[str]:
+    proto = getattr(node, "proto", None)
+    if proto is not None:
+        yield str(proto)
+    for child in getattr(node, "children", {}).values():
+        yield from _protos(child)
+
+
+def everything(at: AppTest) -> str:
+    """Every element the app sent, main area and sidebar, as text: labels, values, options,
+    table cells (the Arrow bytes of a dataframe hold its strings as they are)."""
+    return "\n".join([*_protos(at.main), *_protos(at.sidebar)])
+
+
+def markdown(at: AppTest) -> str:
+    """The main area's markdown as read (escapes removed)."""
+    return re.sub(r"\\(.)", r"\1", "\n".join(str(m.value) for m in at.main.markdown))
+
+
+def captions(at: AppTest) -> str:
+    return re.sub(r"\\(.)", r"\1", "\n".join(str(c.value) for c in at.main.caption))
+
+
+def metrics(at: AppTest) -> dict[str, tuple[str, str]]:
+    return {str(m.label): (str(m.value), str(m.delta)) for m in at.main.metric}
+
+
+def table_with(at: AppTest, column: str) -> pd.DataFrame:
+    """The one table on the page that has `column` (tables carry no key in AppTest)."""
+    found = [frame.value for frame in at.main.dataframe if column in frame.value.columns]
+    assert len(found) == 1, f"{len(found)} tables with a {column!r} column"
+    return found[0]
+
+
+def plotly_charts(at: AppTest) -> int:
+    return len(at.main.get("plotly_chart"))
+
+
+def choose(at: AppTest, key: str, option: str) -> AppTest:
+    at.selectbox(key=key).select(option).run()
+    assert not at.exception, at.exception
+    return at
+
+
+def search(at: AppTest, query: str) -> AppTest:
+    at.text_input(key="orders_query").input(query).run()
+    assert not at.exception, at.exception
+    return at
+
+
+# --- The data layer checks permissions itself --------------------------------------------------
+
+LAST_WEEK = Period.last(7)
+DATA_CALLS: dict[str, tuple[str, Callable[[Actor], object]]] = {
+    "overview": ("metrics.view", lambda a: data.overview(a, LAST_WEEK)),
+    "payment_rates": ("metrics.view", lambda a: data.payment_rates(a, LAST_WEEK, "day")),
+    "decline_reasons": ("metrics.view", lambda a: data.decline_reasons(a, LAST_WEEK)),
+    "volume_by_currency": ("metrics.view", lambda a: data.volume_by_currency(a, LAST_WEEK, "day")),
+    "deliveries_by_day": ("metrics.view", lambda a: data.deliveries_by_day(a, LAST_WEEK)),
+    "retry_stats": ("metrics.view", lambda a: data.retry_stats(a, LAST_WEEK)),
+    "signature_failures": ("metrics.view", lambda a: data.signature_failures(a, LAST_WEEK)),
+    "processing_failures": (
+        "metrics.view",
+        lambda a: data.processing_failures(a, LAST_WEEK, limit=5, offset=0),
+    ),
+    "webhook_lag": ("metrics.view", lambda a: data.webhook_lag(a, LAST_WEEK)),
+    "oldest_failing_events": ("metrics.view", lambda a: data.oldest_failing_events(a)),
+    "search_orders": ("orders.view", lambda a: data.search_orders(a, JENNY, limit=5, offset=0)),
+    "order": ("orders.view", lambda a: data.order(a, 1)),
+    "timeline": ("orders.view", lambda a: data.timeline(a, 1)),
+}
+
+
+@pytest.mark.parametrize("name", sorted(DATA_CALLS))
+@pytest.mark.parametrize("role", [*ROLES, None])
+def test_every_data_function_checks_the_permission_even_when_cached(
+    shop: tuple[str, Facts], monkeypatch: pytest.MonkeyPatch, name: str, role: Role | None
+) -> None:
+    monkeypatch.setenv("DATABASE_URL", shop[0])
+    permission, call = DATA_CALLS[name]
+    call(Actor("admin", "admin"))  # now cached
+    actor = Actor("someone", role)
+    if allowed(role, permission):
+        assert call(actor) is not None
+    else:
+        with pytest.raises(PermissionDenied):
+            call(actor)
+
+
+def test_timeline_masks_every_email_for_finance(shop: tuple[str, Facts]) -> None:
+    text = "refund asked by Jenny.Rosen@Example.com, cc ops@example.org"
+    assert data._mask_value({"note": text, "nested": [text]}) == {
+        "note": "refund asked by J***@Example.com, cc o***@example.org",
+        "nested": ["refund asked by J***@Example.com, cc o***@example.org"],
+    }
+
+
+# --- Every page x every role ---------------------------------------------------------------------
+
+PAGES = {
+    "pages/overview.py": "metrics.view",
+    "pages/orders.py": "orders.view",
+    "pages/payments.py": "metrics.view",
+    "pages/webhooks.py": "metrics.view",
+}
+TITLES = {
+    "pages/overview.py": "Overview",
+    "pages/orders.py": "Orders",
+    "pages/payments.py": "Payments",
+    "pages/webhooks.py": "Webhooks",
+}
+ALLOWED = [(role, page) for role in ROLES for page in PAGES if allowed(role, PAGES[page])]
+FORBIDDEN = [(role, page) for role in ROLES for page in PAGES if not allowed(role, PAGES[page])]
+# Values that only the data could have put on a page.
+SECRETS_OF_THE_SHOP = (*EMAILS, "USD 25.00", "JPY 5,000", "EUR 19.99", "insufficient_funds")
+
+
+def test_the_role_table_covers_every_page_both_ways() -> None:
+    assert {role for role, _ in FORBIDDEN} == {"support"}
+    assert len(ALLOWED) + len(FORBIDDEN) == len(ROLES) * len(PAGES)
+
+
+@pytest.mark.parametrize(("role", "page"), FORBIDDEN)
+def test_forbidden_pages_show_a_refusal_and_no_data(
+    shop: tuple[str, Facts], role: str, page: str
+) -> None:
+    url, _ = shop
+    at = app_as(role, url, page=page)
+    assert not at.exception, at.exception
+    assert refused(at)
+    assert not at.main.metric and not at.main.dataframe and plotly_charts(at) == 0
+    text = everything(at)
+    leaked = [value for value in SECRETS_OF_THE_SHOP if value in text]
+    assert not leaked, f"{page} showed {leaked} to {role}"
+    assert TITLES[page] not in nav_titles(at)
+
+
+@pytest.mark.parametrize("role", ROLES)
+def test_navigation_lists_exactly_the_pages_the_role_may_use(
+    shop: tuple[str, Facts], role: str
+) -> None:
+    at = app_as(role, shop[0])
+    listed = set(nav_titles(at)) & set(TITLES.values())
+    assert listed == {TITLES[page] for r, page in ALLOWED if r == role}
+
+
+@pytest.mark.parametrize("role", ["finance", "admin"])
+def test_overview_compares_the_week_with_the_one_before(shop: tuple[str, Facts], role: str) -> None:
+    at = app_as(role, shop[0], page="pages/overview.py")
+    choose(at, "overview_period", "Last 7 days")
+    shown = metrics(at)
+    # This week: USD 25.00 (Jenny), JPY 5,000 (Taro, zero-decimal), EUR 19.99 (Claire);
+    # the week before: USD 10.00 only.
+    assert shown["USD"] == ("USD 25.00", "+USD 15.00 (+150.0%)")
+    assert shown["JPY"] == ("JPY 5,000", "+JPY 5,000")
+    assert shown["EUR"] == ("EUR 19.99", "+EUR 19.99")
+    # 7 attempts (Jenny 2, Taro 1, Claire 1, the tester 3), 3 succeeded; before: 1 of 1.
+    assert shown["Payment attempts"] == ("7", "+6 (+600.0%)")
+    assert shown["Success rate"] == ("42.9%", "-57.1 pp")
+    assert shown["Decline rate"] == ("57.1%", "+57.1 pp")
+    assert shown["Refunded orders"] == ("1", "+1")
+    assert shown["Disputed orders"] == ("1", "+1")
+    # One forged delivery (rejected) and one whose fulfillment failed.
+    assert shown["Webhook failures"] == ("2", "+2")
+    # The paid session whose fulfillment failed: the customer paid, nothing was fulfilled.
+    assert shown["Paid, not fulfilled"][0] == "1"
+    assert "**Refunded amount**\n\nJPY 5,000" in markdown(at)
+
+
+def test_overview_for_custom_dates_compares_with_the_days_before(shop: tuple[str, Facts]) -> None:
+    url, facts = shop
+    at = app_as("finance", url, page="pages/overview.py")
+    choose(at, "overview_period", "Custom dates")
+    day = facts.day.date()
+    at.date_input(key="overview_dates").set_value((day, day)).run()
+    assert not at.exception, at.exception
+    shown = metrics(at)
+    assert shown["USD"] == ("USD 25.00", "+USD 25.00")
+    assert shown["Payment attempts"] == ("7", "+7")
+    assert shown["Success rate"] == ("42.9%", "")  # nothing the day before to compare with
+
+
+@pytest.mark.parametrize("role", ["finance", "admin"])
+def test_payments_shows_rates_raw_and_per_card_reasons_and_volumes(
+    shop: tuple[str, Facts], role: str
+) -> None:
+    at = app_as(role, shop[0], page="pages/payments.py")
+    choose(at, "payments_period", "Last 7 days")
+    rates = table_with(at, "cards_succeeded")
+    assert len(rates) == 1  # everything happened on one UTC day
+    row = rates.iloc[0]
+    assert (row["attempts"], row["succeeded"], row["failed"]) == (7, 3, 4)
+    # Per card: Jenny's card declined then succeeded counts once, as a success; the tester's
+    # card declined three times counts once, as a failure.
+    assert (row["cards"], row["cards_succeeded"], row["cards_failed"]) == (4, 3, 1)
+    assert row["success_rate_per_card"] == pytest.approx(0.75)
+    reasons = table_with(at, "decline_code")
+    assert dict(zip(reasons["decline_code"], reasons["failures"], strict=True)) == {
+        "do_not_honor": 2,
+        "insufficient_funds": 1,
+        "stolen_card": 1,
+    }
+    volume = table_with(at, "payments")
+    assert sorted(volume["amount"]) == ["EUR 19.99", "JPY 5,000", "USD 25.00"]
+    assert plotly_charts(at) == 3
+    assert {button.label for button in at.download_button} >= {
+        "Download rates (CSV)",
+        "Download decline reasons (CSV)",
+        "Download volumes (CSV)",
+    }
+
+
+def test_payments_granularity_hour_splits_the_day(shop: tuple[str, Facts]) -> None:
+    at = app_as("finance", shop[0], page="pages/payments.py")
+    choose(at, "payments_period", "Last 7 days")
+    at.segmented_control(key="payments_grain").set_value("hour").run()
+    rates = table_with(at, "cards_succeeded")
+    # Attempts at 08:55 and 09:00 (Jenny), 10:00 (Taro), 12:00 (Claire), 14:00-14:02 (tester).
+    assert list(rates["attempts"]) == [1, 1, 1, 1, 3]
+    assert list(rates["cards_failed"]) == [1, 0, 0, 0, 1]
+
+
+@pytest.mark.parametrize("role", ["finance", "admin"])
+def test_webhooks_shows_deliveries_retries_failures_and_lag(
+    shop: tuple[str, Facts], role: str
+) -> None:
+    url, facts = shop
+    at = app_as(role, url, page="pages/webhooks.py")
+    deliveries = table_with(at, "outcome")
+    assert dict(zip(deliveries["outcome"], deliveries["deliveries"], strict=True)) == {
+        "processed": 13,
+        "duplicate": 1,
+        "rejected": 1,
+        "failed": 1,
+    }
+    shown = metrics(at)
+    assert shown["Events received"][0] == "14"
+    assert shown["Needed more than one delivery"][0] == "1 (7.1%)"
+    assert shown["Most deliveries of one event"][0] == "2"
+    signatures = table_with(at, "reason")
+    assert list(signatures["reason"]) == ["no_matching_signature"]
+    failures = table_with(at, "error")
+    assert list(failures["event_id"]) == [facts.failing_event]
+    # The error quotes the customer's email: finance sees it masked.
+    shown_email = LATE if role == "admin" else "l***@example.com"
+    assert (
+        failures["error"].iloc[0]
+        == f"RuntimeError: warehouse API timed out shipping to {shown_email}"
+    )
+    failing = table_with(at, "last_error")
+    assert list(failing["id"]) == [facts.failing_event]
+    assert shown_email in failing["last_error"].iloc[0]
+    assert (LATE in everything(at)) is (role == "admin")
+    lag = table_with(at, "measure").set_index("measure")
+    # Every event was delivered 2 s after Stripe created it.
+    assert lag.loc["to_first_receipt", "p50_seconds"] == pytest.approx(2.0, abs=0.01)
+    assert plotly_charts(at) == 2
+
+
+@pytest.mark.parametrize("role", ROLES)
+def test_orders_search_opens_the_one_timeline(shop: tuple[str, Facts], role: str) -> None:
+    at = app_as(role, shop[0], page="pages/orders.py")
+    search(at, JENNY)
+    results = table_with(at, "checkout session")
+    assert list(results["amount"]) == ["USD 25.00"]
+    # One match: its timeline opens at once.
+    shown = metrics(at)
+    assert shown["Status"][0] == "fulfilled"
+    assert shown["Amount"][0] == "USD 25.00"
+    timeline = markdown(at)
+    for line in (
+        "Payment failed: insufficient_funds",
+        "Payment succeeded",
+        "Stripe event checkout.session.completed",
+        "Delivery of checkout.session.completed: processed (HTTP 200)",
+        "Delivery of checkout.session.completed: duplicate (HTTP 200)",
+        "pending → paid",
+        "paid → fulfilled",
+        "Fulfilled (webhook)",
+    ):
+        assert line in timeline, line
+    # Oldest first: the decline comes before the payment that succeeded.
+    assert timeline.index("Payment failed") < timeline.index("Payment succeeded")
+    # Each entry's facts, money in its currency.
+    details = captions(at)
+    assert "amount: USD 25.00" in details
+    assert "decline code: insufficient_funds" in details
+    assert "card last4: 4242" in details
+    assert "outcome: duplicate" in details
+
+
+@pytest.mark.parametrize(
+    ("role", "full_emails"), [("support", True), ("admin", True), ("finance", False)]
+)
+def test_emails_are_masked_for_finance_everywhere_on_the_page(
+    shop: tuple[str, Facts], role: str, full_emails: bool
+) -> None:
+    at = app_as(role, shop[0], page="pages/orders.py")
+    search(at, "jenny")
+    shown = JENNY if full_emails else "j***@example.com"
+    assert f"Customer email **{shown}**" in markdown(at)
+    assert list(table_with(at, "checkout session")["email"]) == [shown]
+    assert (JENNY in everything(at)) is full_emails
+
+
+@pytest.mark.parametrize(
+    ("kind", "query"),
+    [
+        ("order id", lambda f: str(f.jenny_order_id)),
+        ("Checkout Session id", lambda f: f.jenny["cs"]),
+        ("PaymentIntent id", lambda f: f.jenny["pi"]),
+        ("customer id", lambda f: f.jenny["customer"]),
+        ("card last4", lambda f: "4242"),
+        ("email, any case", lambda f: JENNY.upper()),
+    ],
+)
+def test_orders_search_finds_an_order_by_each_identifier(
+    shop: tuple[str, Facts], kind: str, query: Callable[[Facts], str]
+) -> None:
+    url, facts = shop
+    at = app_as("support", url, page="pages/orders.py")
+    search(at, query(facts))
+    results = table_with(at, "checkout session")
+    assert list(results["order"]) == [facts.jenny_order_id], kind
+
+
+def test_orders_search_with_several_matches_lets_you_choose(shop: tuple[str, Facts]) -> None:
+    at = app_as("support", shop[0], page="pages/orders.py")
+    search(at, "c")  # claire.dubois@... and card.tester@...
+    assert len(table_with(at, "checkout session")) == 2
+    assert not metrics(at)  # nothing opened until one is chosen
+    box = at.selectbox[0]
+    tester = next(option for option in box.options if TESTER in option)
+    box.select(tester).run()
+    assert metrics(at)["Status"][0] == "expired"
+    timeline = markdown(at)
+    assert timeline.count("Payment failed: do_not_honor") == 2
+    assert "Payment failed: stolen_card" in timeline
+
+
+def test_orders_show_zero_decimal_and_refunds_in_the_currency(shop: tuple[str, Facts]) -> None:
+    at = app_as("support", shop[0], page="pages/orders.py")
+    search(at, TARO)
+    shown = metrics(at)
+    assert shown["Amount"][0] == "JPY 5,000"
+    assert shown["Refunded"][0] == "JPY 5,000"
+    assert shown["Status"][0] == "refunded"
+
+
+def test_orders_search_without_match_says_so(shop: tuple[str, Facts]) -> None:
+    at = app_as("support", shop[0], page="pages/orders.py")
+    search(at, "nobody@example.org")
+    assert not at.main.dataframe
+    assert any("No order matches" in str(w.value) for w in at.main.warning)
+
+
+def test_orders_results_page_through_many_matches(shop: tuple[str, Facts]) -> None:
+    url, _ = shop
+    engine = make_engine(url)
+    shop_ = Shop(engine, datetime.now(UTC))
+    start = datetime.now(UTC) - timedelta(hours=3)
+    for n in range(PAGE_SIZE + 2):
+        obj = so.checkout_session(
+            email=f"bulk{n:03d}@example.com",
+            created=int((start + timedelta(minutes=n)).timestamp()),
+        )
+        shop_.deliver("checkout.session.completed", obj, start + timedelta(minutes=n))
+    engine.dispose()
+    at = app_as("support", url, page="pages/orders.py")
+    search(at, "bulk")
+    first = table_with(at, "checkout session")
+    assert len(first) == PAGE_SIZE
+    assert first["email"].iloc[0] == f"bulk{PAGE_SIZE + 1:03d}@example.com"  # newest first
+    at.pagination[0].set_value(2).run()
+    second = table_with(at, "checkout session")
+    assert list(second["email"]) == ["bulk001@example.com", "bulk000@example.com"]
+
+
+def _overview_page() -> None:
+    from core.auth.permissions import Actor
+    from core.console.period import Period
+    from dashboard import data
+
+    data.overview(Actor("finance", "finance"), Period.last(7))
+    import streamlit as st
+
+    st.write("figures drawn")  # never reached: the page stops at the message
+
+
+def test_a_database_outage_is_a_short_message_not_a_stack_trace(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A database file with no tables: every query fails as it would with the server gone.
+    monkeypatch.setenv("DATABASE_URL", f"sqlite:///{tmp_path / 'empty.db'}")
+    data.clear()
+    at = AppTest.from_function(_overview_page, default_timeout=30).run()
+    assert not at.exception
+    assert [error.value for error in at.error] == [guard.UNAVAILABLE]
+    assert not at.markdown
+
+
+@pytest.mark.parametrize("role", ROLES)
+def test_a_link_with_the_order_id_opens_its_timeline(shop: tuple[str, Facts], role: str) -> None:
+    url, facts = shop
+    at = app_as(role, url, page="pages/orders.py")
+    at.query_params["order"] = str(facts.jenny_order_id)
+    at.run()
+    assert not at.exception, at.exception
+    assert metrics(at)["Amount"][0] == "USD 25.00"
+    assert "Payment failed: insufficient_funds" in markdown(at)
+    assert not at.main.dataframe  # straight to the order, no search needed
+
+
+@pytest.mark.parametrize("linked", ["999999", "not-a-number"])
+def test_a_link_to_no_order_shows_nothing_of_any_order(
+    shop: tuple[str, Facts], linked: str
+) -> None:
+    at = app_as("support", shop[0], page="pages/orders.py")
+    at.query_params["order"] = linked
+    at.run()
+    assert not at.exception, at.exception
+    assert not at.main.metric
+    if linked.isdigit():
+        assert [w.value for w in at.main.warning] == [f"There is no order {linked}."]
+
+
+def test_overview_lists_recent_alerts_with_emails_masked_for_finance(
+    shop: tuple[str, Facts],
+) -> None:
+    url = shop[0]
+    with session_scope(make_engine(url)) as session:
+        session.add(
+            Alert(
+                condition="flag:email:tester@example.com",
+                window_start=datetime.now(UTC),
+                message="New burst flag for email tester@example.com: 4 failures",
+            )
+        )
+    admin = app_as("admin", url, page="pages/overview.py")
+    assert "tester@example.com: 4 failures" in table_with(admin, "condition")["message"].iloc[0]
+    finance = app_as("finance", url, page="pages/overview.py")
+    shown = table_with(finance, "condition")["message"].iloc[0]
+    assert "t***@example.com" in shown and "tester@example.com" not in shown
