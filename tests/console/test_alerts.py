@@ -18,7 +18,7 @@ from core.__main__ import main as cli
 from core.console import alerts
 from core.console.alerts import Rate
 from core.db import session_scope
-from core.models import Alert, AuditEntry, PaymentAttempt, WebhookDelivery
+from core.models import Alert, AuditEntry, PaymentAttempt, WebhookDelivery, WebhookRejection
 from core.risk import batch
 from core.risk.detector import Rules
 from core.settings import load_settings
@@ -246,16 +246,40 @@ def test_decline_spike_once_per_window(engine: Engine, httpserver: HTTPServer) -
 def test_webhook_failure_and_retry_spikes(sqlite_engine: Engine) -> None:
     now = datetime.now(UTC)
     with session_scope(sqlite_engine) as session:
-        for i, outcome in enumerate(["rejected"] * 15 + ["duplicate"] * 10 + ["processed"] * 5):
+        for i, outcome in enumerate(["failed"] * 15 + ["duplicate"] * 10 + ["processed"] * 5):
             session.add(
                 WebhookDelivery(
                     received_at=now - timedelta(seconds=i + 1),
-                    http_status=400 if outcome == "rejected" else 200,
+                    http_status=500 if outcome == "failed" else 200,
                     outcome=outcome,
                 )
             )
     report = run(sqlite_engine, None, now)
     assert sorted(report.raised) == ["webhook_failure_spike", "webhook_retry_spike"]
+
+
+def test_rejected_requests_count_from_their_per_minute_counters(sqlite_engine: Engine) -> None:
+    """Issue 11, finding 6: rejected requests are counters per minute, not a row each (the
+    delivery rows of rejections are only a sample); the failure signal still counts them all."""
+    now = datetime.now(UTC)
+    minute = (now - timedelta(minutes=2)).replace(second=0, microsecond=0)
+    with session_scope(sqlite_engine) as session:
+        session.add(
+            WebhookRejection(
+                minute=minute, reason="no_matching_signature", remote_addr="1.2.3.4", deliveries=40
+            )
+        )
+        for _ in range(3):  # the sample of those 40, and 10 successes
+            session.add(WebhookDelivery(received_at=minute, http_status=400, outcome="rejected"))
+        for i in range(10):
+            session.add(
+                WebhookDelivery(
+                    received_at=now - timedelta(seconds=i + 1), http_status=200, outcome="processed"
+                )
+            )
+    with session_scope(sqlite_engine, write=False) as session:
+        s = alerts.signals(session, now)
+    assert (s.webhook_failures.hits, s.webhook_failures.total) == (40, 50)
 
 
 # --- Prometheus -------------------------------------------------------------------------------
