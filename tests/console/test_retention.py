@@ -102,9 +102,7 @@ def test_only_rows_past_their_age_go_and_a_second_run_changes_nothing(engine: En
     assert _count(engine, StripeEvent) == 6  # event rows are never deleted
     assert _money(engine) == money  # nor anything money depends on
     with engine.connect() as conn:
-        bodies: dict[str, Any] = dict(
-            conn.execute(select(StripeEvent.id, StripeEvent.payload)).tuples().all()
-        )
+        bodies = {r[0]: r[1] for r in conn.execute(select(StripeEvent.id, StripeEvent.payload))}
     assert bodies[ids["old"]] == retention.PRUNED_BODY
     assert bodies[ids["middle"]]["id"] == ids["middle"]  # younger bodies untouched
 
