@@ -22,8 +22,11 @@ from core.models import Alert, AuditEntry, PaymentAttempt, WebhookDelivery, Webh
 from core.risk import batch
 from core.risk.detector import Rules
 from core.settings import load_settings
+from core.webhook.handlers import Context
+from core.webhook.receive import receive
 from receiver.app import create_app
 from tests.conftest import SECRET
+from tests.support import stripe_objects as so
 
 SPIKE_CASES = [
     ("too few attempts to judge", Rate(19, 19), Rate(10, 100), False),
@@ -308,6 +311,18 @@ def test_metrics_expose_the_same_signals(engine: Engine, db_url: str) -> None:
     assert samples['payments_risk_flags_open{entity_kind="ip"}'] == 0
     assert samples['payments_decline_rate{window="900s"}'] == 0.75
     assert samples['payments_decline_events{kind="total",window="900s"}'] == 4
+    assert samples['payments_webhook_events_not_applied{status="unprocessable"}'] == 0
+
+
+def test_metrics_count_unprocessable_events(engine: Engine, db_url: str) -> None:
+    """Issue 11: a stored unprocessable event is counted in /metrics until it is resolved."""
+    evt = so.event("charge.refunded", {})  # `{}` as the object: can never be applied
+    body, header = so.signed(evt, SECRET)
+    outcome = receive(engine, body, header, secrets=[SECRET], tolerance=300, ctx=Context())
+    assert outcome.result == "unprocessable"
+    samples = scrape(db_url)
+    assert samples['payments_webhook_events_not_applied{status="unprocessable"}'] == 1
+    assert samples['payments_webhook_events_not_applied{status="failed"}'] == 0
 
 
 def test_metrics_answer_when_the_database_cannot_be_read(tmp_path: Path) -> None:
