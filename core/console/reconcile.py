@@ -35,7 +35,7 @@ from core.models import (
     utcnow,
 )
 from core.webhook.handlers import HANDLERS, Context
-from core.webhook.receive import apply_event, record_failure, safe_error
+from core.webhook.receive import apply_event, record_failure, refused_value, safe_error
 from core.webhook.signature import Rejection, check_event_shape
 from core.webhook.validate import problem
 
@@ -121,8 +121,9 @@ def _apply(engine: Engine, event: dict[str, Any], ctx: Context, report: Reconcil
         error = safe_error(exc)
         log.error("reconcile: event %s failed: %s", event["id"], error)
         report.failed.append((event["id"], error))
+        status = "unprocessable" if refused_value(exc) else "failed"
         with session_scope(engine) as session:
-            record_failure(session, event, error, ctx.now())
+            record_failure(session, event, error, ctx.now(), status=status)
         return
     if result == "unprocessable":  # stored with its reason (see the Webhooks page)
         report.skipped.append((event["id"], "unprocessable"))
