@@ -107,7 +107,9 @@ class WebhookDelivery(Base):
     verified: Mapped[bool] = mapped_column(Boolean, default=False)
     rejection_reason: Mapped[str | None] = mapped_column(String(64))
     http_status: Mapped[int] = mapped_column(Integer)
-    outcome: Mapped[str] = mapped_column(String(32))  # processed|duplicate|ignored|rejected|failed
+    # processed|duplicate|ignored|unprocessable|failed, or rejected: a rejected request is
+    # counted in webhook_rejections and kept here only as one of a bounded sample.
+    outcome: Mapped[str] = mapped_column(String(32))
     error: Mapped[str | None] = mapped_column(Text)
     duration_ms: Mapped[float] = mapped_column(default=0.0)
     remote_addr: Mapped[str | None] = mapped_column(String(64))
@@ -138,13 +140,14 @@ class StripeEvent(Base):
     livemode: Mapped[bool] = mapped_column(Boolean)
     api_version: Mapped[str | None] = mapped_column(String(64))
     object_id: Mapped[str | None] = mapped_column(String(255))
-    status: Mapped[str] = mapped_column(String(16))  # processed | ignored | failed
+    status: Mapped[str] = mapped_column(String(16))  # processed|ignored|failed|unprocessable
     deliveries: Mapped[int] = mapped_column(Integer, default=1)
     first_received_at: Mapped[datetime] = mapped_column(default=utcnow)
     processed_at: Mapped[datetime | None]
     last_error: Mapped[str | None] = mapped_column(Text)
     source: Mapped[str] = mapped_column(String(16), default="webhook")  # webhook|reconcile|replay
     payload: Mapped[dict[str, Any]] = mapped_column(JSON)
+    payload_pruned_at: Mapped[datetime | None]  # retention replaced the body by a stub
 
 
 # --- Orders ------------------------------------------------------------------------------------
@@ -416,3 +419,20 @@ class AuditEntry(Base):
     idempotency_key: Mapped[str | None] = mapped_column(String(255))
     prev_hash: Mapped[str] = mapped_column(String(64))
     hash: Mapped[str] = mapped_column(String(64), unique=True)
+
+
+# --- Webhook path: rejected traffic (issue 11) -------------------------------------------------
+
+
+class WebhookRejection(Base):
+    """Rejected webhook requests counted per UTC minute, reason and source address.
+
+    A flood of unauthenticated requests adds one counter row per (minute, reason, address),
+    not a row per request; webhook_deliveries keeps a bounded sample of them with details."""
+
+    __tablename__ = "webhook_rejections"
+
+    minute: Mapped[datetime] = mapped_column(primary_key=True)  # UTC, on the minute
+    reason: Mapped[str] = mapped_column(String(64), primary_key=True)
+    remote_addr: Mapped[str] = mapped_column(String(64), primary_key=True)  # '' when unknown
+    deliveries: Mapped[int] = mapped_column(Integer)

@@ -13,10 +13,12 @@ from datetime import datetime
 
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
-from sqlalchemy import Engine
+from sqlalchemy import Engine, func, select
+from sqlalchemy.orm import Session
 
 from core.console import alerts
 from core.db import session_scope
+from core.models import StripeEvent
 from core.risk.detector import ENTITY_COLUMNS
 
 log = logging.getLogger(__name__)
@@ -35,6 +37,7 @@ class SignalsCollector(Collector):
         try:
             with session_scope(self._engine(), write=False) as session:
                 s = alerts.signals(session, self._clock() if self._clock else None)
+                not_applied = _not_applied(session)
         except Exception as exc:  # a scrape must not fail because the database does
             log.error("metrics: could not read signals: %s", type(exc).__name__)
             up.add_metric([], 0)
@@ -42,6 +45,14 @@ class SignalsCollector(Collector):
             return
         up.add_metric([], 1)
         yield up
+        stuck = GaugeMetricFamily(
+            "payments_webhook_events_not_applied",
+            "Stored Stripe events not applied: failed (retried) or unprocessable (needs a person)",
+            labels=["status"],
+        )
+        for status in NOT_APPLIED:
+            stuck.add_metric([status], not_applied.get(status, 0))
+        yield stuck
         flags = GaugeMetricFamily(
             "payments_risk_flags_open", "Open risk flags by entity kind", labels=["entity_kind"]
         )
@@ -86,3 +97,15 @@ class SignalsCollector(Collector):
             count.add_metric(["baseline_24h", "total"], baseline.total)
             count.add_metric(["baseline_24h", "matching"], baseline.hits)
             yield count
+
+
+NOT_APPLIED = ("failed", "unprocessable")
+
+
+def _not_applied(session: Session) -> dict[str, int]:
+    rows = session.execute(
+        select(StripeEvent.status, func.count())
+        .where(StripeEvent.status.in_(NOT_APPLIED))
+        .group_by(StripeEvent.status)
+    ).all()
+    return {str(status): int(n) for status, n in rows}

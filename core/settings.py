@@ -69,6 +69,10 @@ class Settings(BaseSettings):
     burst_threshold: int = 4
     alert_webhook_url: str | None = None
     sentry_dsn: SecretStr | None = None
+    # Retention (python -m core retention), in days.
+    retention_deliveries_days: int = 90
+    retention_rejection_samples_days: int = 30
+    retention_event_bodies_days: int = 90
 
     @field_validator("stripe_webhook_secrets", mode="before")
     @classmethod
@@ -100,7 +104,13 @@ class Settings(BaseSettings):
             raise ValueError("must be a positive number of hours")
         return value
 
-    @field_validator("burst_window_minutes", "burst_threshold")
+    @field_validator(
+        "burst_window_minutes",
+        "burst_threshold",
+        "retention_deliveries_days",
+        "retention_rejection_samples_days",
+        "retention_event_bodies_days",
+    )
     @classmethod
     def _positive_int(cls, value: int) -> int:
         if value < 1:

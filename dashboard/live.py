@@ -15,7 +15,7 @@ import pandas as pd
 import streamlit as st
 
 from core.auth.permissions import Actor, PermissionDenied, allowed, mask_email, require
-from core.console import fulfillment, promotions, reconcile
+from core.console import fulfillment, promotions, reconcile, retention
 from core.console.fulfillment import ManualOutcome as ManualOutcome  # the pages show it
 from core.console.promotions import NewPromotionCode
 from core.console.stripe_api import (
@@ -457,3 +457,15 @@ def review(actor: Actor, flag_id: int, decision: reviews.Decision, note: str) ->
         return False, str(exc)
     data.clear()  # the Overview's open-flag count changes
     return True, f"Flag #{flag_id} {status}. The review is in the audit log."
+
+
+# --- Retention (admins) ------------------------------------------------------------------------
+
+
+@shown
+def retention_status(actor: Actor) -> tuple[retention.Policy, retention.LastRun | None] | None:
+    """The retention policy and its last applied run; None for anyone but an admin."""
+    if not allowed(actor.role, "audit.view"):
+        return None
+    with session_scope(get_engine(), write=False) as session:
+        return retention.Policy.of(get_settings()), retention.last_run(session, actor)

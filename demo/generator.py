@@ -774,7 +774,6 @@ class _Player:
                         self.secrets,
                         self.tolerance,
                         self.ctx,
-                        grouped=True,
                     )
                     stored = "failed" if outcome.result == "error" else outcome.result
                     self.outcomes[stored] = self.outcomes.get(stored, 0) + 1

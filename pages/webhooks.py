@@ -83,8 +83,30 @@ failing = data.oldest_failing_events(actor, limit=20)
 if failing.total == 0:
     st.success("No event is failing.")
 else:
-    st.caption(f"{failing.total:,} events still failing; the {len(failing.rows)} oldest:")
+    st.caption(
+        f"{failing.total:,} events not applied (failed, or unprocessable with the reason in "
+        f"last_error); the {len(failing.rows)} oldest. Admins replay them from "
+        "Reconcile & replay."
+    )
     st.dataframe(failing.rows, hide_index=True, key="wh_failing")
+
+retention_status = live.retention_status(actor)
+if retention_status is not None:
+    policy, last_run = retention_status
+    st.subheader("Retention")
+    st.text(
+        f"Delivery rows and rejected-request counters: {policy.deliveries_days} days; "
+        f"rejected-request samples: {policy.rejection_samples_days} days; raw bodies of applied "
+        f"events: {policy.event_bodies_days} days. Event rows, orders, attempts, fulfillments "
+        "and the audit log are kept."
+    )
+    if last_run is None:
+        st.text("Last run: never (python -m core retention --apply, daily from cron).")
+    else:
+        removed = ", ".join(
+            f"{kind} {n}" for kind, n in last_run.details.items() if kind != "policy"
+        )
+        st.text(f"Last run: {last_run.at:%Y-%m-%d %H:%M} UTC by {last_run.actor}: {removed}.")
 
 # --- Webhook endpoint health ---------------------------------------------------------------------
 # Another engineer adds the "Webhook endpoint health" section here (Stripe's view of the endpoint:

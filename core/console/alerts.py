@@ -34,7 +34,7 @@ from sqlalchemy.orm import Session
 from core.auth import audit
 from core.auth.permissions import SYSTEM
 from core.db import insert_ignore, session_scope
-from core.models import Alert, PaymentAttempt, RiskFlag, WebhookDelivery, utcnow
+from core.models import Alert, PaymentAttempt, RiskFlag, WebhookDelivery, WebhookRejection, utcnow
 from core.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -111,15 +111,26 @@ def _attempt_rates(session: Session, lo: datetime, hi: datetime) -> Rate:
 
 
 def _delivery_rates(session: Session, lo: datetime, hi: datetime) -> tuple[Rate, Rate]:
-    failed = WebhookDelivery.outcome.in_(("failed", "rejected"))
+    failed = WebhookDelivery.outcome.in_(("failed", "unprocessable"))
     total, failures, retries = session.execute(
         select(
             func.count(),
             func.coalesce(func.sum(case((failed, 1), else_=0)), 0),
             func.coalesce(func.sum(case((WebhookDelivery.outcome == "duplicate", 1), else_=0)), 0),
-        ).where(WebhookDelivery.received_at > lo, WebhookDelivery.received_at <= hi)
+        ).where(
+            WebhookDelivery.received_at > lo,
+            WebhookDelivery.received_at <= hi,
+            WebhookDelivery.outcome != "rejected",  # a sample only: counted per minute below
+        )
     ).one()
-    return Rate(int(failures), int(total)), Rate(int(retries), int(total))
+    # Rejected requests, counted per minute (core.webhook.receive): by the minute's start.
+    rejected = session.execute(
+        select(func.coalesce(func.sum(WebhookRejection.deliveries), 0)).where(
+            WebhookRejection.minute > lo, WebhookRejection.minute <= hi
+        )
+    ).scalar_one()
+    total, failures = int(total) + int(rejected), int(failures) + int(rejected)
+    return Rate(failures, total), Rate(int(retries), total)
 
 
 def open_flags_by_kind(session: Session) -> dict[str, int]:

@@ -39,7 +39,7 @@ from core.console.period import (
     _succeeded_amount,
     _to_utc,
 )
-from core.console.webhooks import WEBHOOK_FAILURE_OUTCOMES
+from core.console.webhooks import WEBHOOK_FAILURE_OUTCOMES, rejected_deliveries
 from core.models import (
     Order,
     PaymentAttempt,
@@ -140,7 +140,7 @@ def overview(session: Session, period: Period) -> Overview:
             _in_period(WebhookDelivery.received_at, period),
             WebhookDelivery.outcome.in_(WEBHOOK_FAILURE_OUTCOMES),
         )
-    ).scalar_one()
+    ).scalar_one() + rejected_deliveries(session, period)
     paid_not_fulfilled = session.execute(
         select(func.count()).select_from(Order).where(Order.status == "paid")
     ).scalar_one() + _paid_sessions_stuck_in_failed_events(session)

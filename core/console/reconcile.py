@@ -35,8 +35,9 @@ from core.models import (
     utcnow,
 )
 from core.webhook.handlers import HANDLERS, Context
-from core.webhook.receive import apply_event, record_failure, safe_error
+from core.webhook.receive import apply_event, record_failure, refused_value, safe_error
 from core.webhook.signature import Rejection, check_event_shape
+from core.webhook.validate import problem
 
 log = logging.getLogger(__name__)
 
@@ -120,8 +121,12 @@ def _apply(engine: Engine, event: dict[str, Any], ctx: Context, report: Reconcil
         error = safe_error(exc)
         log.error("reconcile: event %s failed: %s", event["id"], error)
         report.failed.append((event["id"], error))
+        status = "unprocessable" if refused_value(exc) else "failed"
         with session_scope(engine) as session:
-            record_failure(session, event, error, ctx.now())
+            record_failure(session, event, error, ctx.now(), status=status)
+        return
+    if result == "unprocessable":  # stored with its reason (see the Webhooks page)
+        report.skipped.append((event["id"], "unprocessable"))
         return
     (report.raced if result == "duplicate" else report.applied).append(event["id"])
 
@@ -361,7 +366,10 @@ def replay(
         error = None
         handler = HANDLERS.get(row.type)
         status_after = status_before
+        unprocessable = problem(event)  # still impossible: the handler is not run
         try:
+            if unprocessable is not None:
+                raise ValueError(f"unprocessable: {unprocessable}")
             with session.begin_nested():
                 if handler is not None and status_before != "ignored":
                     handler(session, event, ctx)
@@ -401,11 +409,12 @@ def replay(
 
 
 def recent_failures(session: Session, limit: int = 50) -> list[StripeEvent]:
-    """Stored events whose handler failed, oldest first: what an admin may want to replay."""
+    """Stored events not applied (handler failed, or unprocessable), oldest first: what an
+    admin may want to replay."""
     return list(
         session.execute(
             select(StripeEvent)
-            .where(StripeEvent.status == "failed")
+            .where(StripeEvent.status.in_(("failed", "unprocessable")))
             .order_by(StripeEvent.created)
             .limit(limit)
         ).scalars()

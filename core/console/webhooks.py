@@ -35,21 +35,47 @@ from core.console.period import (
 from core.models import (
     StripeEvent,
     WebhookDelivery,
+    WebhookRejection,
 )
 
-WEBHOOK_FAILURE_OUTCOMES = ("failed", "rejected")
+# Delivery rows that are failures. Rejected requests are counted in webhook_rejections (their
+# delivery rows are only a bounded sample): add `rejected_deliveries` to these.
+WEBHOOK_FAILURE_OUTCOMES = ("failed", "unprocessable")
+NOT_APPLIED_STATUSES = ("failed", "unprocessable")
+
+
+def rejected_deliveries(session: Session, period: Period) -> int:
+    """Rejected requests in `period` (counted per minute)."""
+    return int(
+        session.execute(
+            select(func.coalesce(func.sum(WebhookRejection.deliveries), 0)).where(
+                _in_period(WebhookRejection.minute, period)
+            )
+        ).scalar_one()
+    )
 
 
 def deliveries_by_day(session: Session, period: Period) -> pd.DataFrame:
     """Webhook deliveries per UTC day and outcome (processed, duplicate, ignored, rejected,
     failed)."""
     day = _bucket(session, WebhookDelivery.received_at, "day").label("day")
-    rows = session.execute(
-        select(day, WebhookDelivery.outcome, func.count())
-        .where(_in_period(WebhookDelivery.received_at, period))
-        .group_by(_by("day"), WebhookDelivery.outcome)
-        .order_by(_by("day"), WebhookDelivery.outcome)
+    rows: list[Any] = list(
+        session.execute(
+            select(day, WebhookDelivery.outcome, func.count())
+            .where(
+                _in_period(WebhookDelivery.received_at, period),
+                WebhookDelivery.outcome != "rejected",  # a sample only: counted below
+            )
+            .group_by(_by("day"), WebhookDelivery.outcome)
+        ).all()
+    )
+    rejected_day = _bucket(session, WebhookRejection.minute, "day").label("day")
+    rows += session.execute(
+        select(rejected_day, literal("rejected"), func.sum(WebhookRejection.deliveries))
+        .where(_in_period(WebhookRejection.minute, period))
+        .group_by(_by("day"))
     ).all()
+    rows.sort(key=lambda row: (str(row[0]), row[1]))
     frame = _frame(rows, ("day", "outcome", "deliveries"))
     frame["day"] = _to_utc(frame["day"])
     frame["deliveries"] = frame["deliveries"].astype("int64")
@@ -88,16 +114,12 @@ def retry_stats(session: Session, period: Period) -> RetryStats:
 
 def signature_failures(session: Session, period: Period) -> pd.DataFrame:
     """Rejected deliveries (bad signature, stale timestamp, malformed body...) by reason."""
-    reason = func.coalesce(WebhookDelivery.rejection_reason, literal("unknown")).label("reason")
-    count = func.count().label("deliveries")
+    count = func.sum(WebhookRejection.deliveries).label("deliveries")
     rows = session.execute(
-        select(reason, count)
-        .where(
-            _in_period(WebhookDelivery.received_at, period),
-            WebhookDelivery.outcome == "rejected",
-        )
-        .group_by(_by("reason"))
-        .order_by(count.desc(), _by("reason"))
+        select(WebhookRejection.reason, count)
+        .where(_in_period(WebhookRejection.minute, period))
+        .group_by(WebhookRejection.reason)
+        .order_by(count.desc(), WebhookRejection.reason)
     ).all()
     frame = _frame(rows, ("reason", "deliveries"))
     frame["deliveries"] = frame["deliveries"].astype("int64")
@@ -106,14 +128,16 @@ def signature_failures(session: Session, period: Period) -> pd.DataFrame:
 
 def _processing_failure_filter(period: Period) -> ColumnElement[bool]:
     return and_(
-        _in_period(WebhookDelivery.received_at, period), WebhookDelivery.outcome == "failed"
+        _in_period(WebhookDelivery.received_at, period),
+        WebhookDelivery.outcome.in_(WEBHOOK_FAILURE_OUTCOMES),
     )
 
 
 def processing_failures(
     session: Session, period: Period, *, limit: int = 50, offset: int = 0
 ) -> pd.DataFrame:
-    """Deliveries whose handler failed (answered 500), newest first."""
+    """Deliveries whose handler failed (answered 500) or that could not be applied
+    (unprocessable, answered 200), newest first."""
     rows = session.execute(
         select(
             WebhookDelivery.event_id,
@@ -217,21 +241,25 @@ def webhook_lag(session: Session, period: Period) -> pd.DataFrame:
 
 
 def oldest_failing_events(session: Session, limit: int = 20) -> pd.DataFrame:
-    """Events whose processing still fails, oldest (by Stripe's created) first."""
+    """Events not applied: still failing, or unprocessable (with the reason in last_error),
+    oldest (by Stripe's created) first."""
     rows = session.execute(
         select(
             StripeEvent.id,
+            StripeEvent.status,
             StripeEvent.type,
             StripeEvent.created,
             StripeEvent.first_received_at,
             StripeEvent.deliveries,
             StripeEvent.last_error,
         )
-        .where(StripeEvent.status == "failed")
+        .where(StripeEvent.status.in_(NOT_APPLIED_STATUSES))
         .order_by(StripeEvent.created, StripeEvent.id)
         .limit(max(0, min(limit, MAX_PAGE)))
     ).all()
-    frame = _frame(rows, ("id", "type", "created", "first_received_at", "deliveries", "last_error"))
+    frame = _frame(
+        rows, ("id", "status", "type", "created", "first_received_at", "deliveries", "last_error")
+    )
     frame["created"] = pd.to_datetime(frame["created"], utc=True)
     frame["first_received_at"] = pd.to_datetime(frame["first_received_at"], utc=True)
     frame["deliveries"] = frame["deliveries"].astype("int64")
@@ -241,6 +269,8 @@ def oldest_failing_events(session: Session, limit: int = 20) -> pd.DataFrame:
 def count_failing_events(session: Session) -> int:
     return int(
         session.execute(
-            select(func.count()).select_from(StripeEvent).where(StripeEvent.status == "failed")
+            select(func.count())
+            .select_from(StripeEvent)
+            .where(StripeEvent.status.in_(NOT_APPLIED_STATUSES))
         ).scalar_one()
     )

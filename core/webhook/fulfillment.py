@@ -10,18 +10,12 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from datetime import datetime
-from typing import TYPE_CHECKING
 
-from sqlalchemy import delete
 from sqlalchemy.orm import Session
 
-from core.db import insert_ignore
-from core.models import Fulfillment, Order
+from core.models import Order
+from core.webhook import store
 from core.webhook.orders import can_fulfill, refresh_status
-
-if TYPE_CHECKING:
-    pass
-
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +61,7 @@ def fulfill(
         "reason": reason,
         "event_id": event_id,
     }
-    if not insert_ignore(session, Fulfillment, claim, ["order_id"]):
+    if not store.claim_fulfillment(session, claim):
         return False
     try:
         if fulfiller is not record_only:
@@ -77,7 +71,7 @@ def fulfill(
                 fulfiller(session, order)
     except FulfillmentDeferred as deferred:
         # The order row is locked by the caller: nobody else can have seen this claim.
-        session.execute(delete(Fulfillment).where(Fulfillment.order_id == order.id))
+        store.withdraw_fulfillment(session, order.id)
         log.warning("order %s: fulfillment deferred: %s", order.id, deferred)
         return False
     order.fulfilled_at = at

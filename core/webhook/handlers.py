@@ -2,7 +2,9 @@
 
 Handlers run inside the webhook transaction and make no network calls. They read Stripe objects
 defensively (fields may be missing, ids may be expanded objects) and raise only for events they
-cannot apply, which the caller turns into a 500 so that Stripe retries.
+cannot apply, which the caller turns into a 500 so that Stripe retries. What an event could
+never be applied for (core.webhook.validate) is checked before they run. Their statements are
+in core.webhook.store.
 """
 
 from __future__ import annotations
@@ -13,13 +15,12 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Table, bindparam, select, update
 from sqlalchemy.orm import Session
 
-from core.db import Prepared, insert_ignore, raw
-from core.models import Order, PaymentAttempt, utcnow
-from core.webhook import orders
+from core.models import Order, utcnow
+from core.webhook import orders, store
 from core.webhook.fulfillment import Fulfiller, fulfill, record_only
+from core.webhook.validate import clean
 
 AttemptHook = Callable[[Session, "RecordedAttempt"], None]
 
@@ -58,7 +59,8 @@ def _dict(value: Any) -> dict[str, Any]:
 
 
 def _str(value: Any, limit: int = 255) -> str | None:
-    return value[:limit] if isinstance(value, str) and value else None
+    """Descriptive text, made storable (no NUL, no lone surrogate) and cut to its column."""
+    return clean(value, limit) if isinstance(value, str) and value else None
 
 
 def _int(value: Any) -> int:
@@ -292,32 +294,9 @@ class RecordedAttempt:
         )
 
 
-# Built once: constructing a statement costs more than running it on the webhook hot path.
-# Plain Core statements, no ORM unit of work: an attempt is one row merged column by column.
-_ATTEMPTS: Table = PaymentAttempt.__table__  # type: ignore[assignment]
-_ATTEMPT_COLUMNS = tuple(_ATTEMPTS.columns.keys())
-_ATTEMPT_FOR_UPDATE = Prepared(
-    select(_ATTEMPTS).where(_ATTEMPTS.c.id == bindparam("id")).with_for_update()
-)
-_ORDER_ID_BY_INTENT = Prepared(
-    select(Order.id).where(Order.payment_intent_id == bindparam("intent"))
-)
-# What a later event of the same attempt may fill in (never overwrite): outcome and event_id
-# belong to the first record, `created` only moves earlier.
-_MERGED = tuple(
-    c.name for c in _ATTEMPTS.columns if c.name not in ("id", "outcome", "event_id", "created")
-)
-_UPDATE_ATTEMPT = Prepared(
-    update(_ATTEMPTS)
-    .where(_ATTEMPTS.c.id == bindparam("attempt_id"))
-    .values({name: bindparam(name) for name in (*_MERGED, "created")})
-)
-
-
 def _order_id(session: Session, payment_intent_id: str) -> int | None:
     orders.lock_payment_intent(session, payment_intent_id)
-    found = raw(session).first(_ORDER_ID_BY_INTENT, {"intent": payment_intent_id})
-    return None if found is None else int(found[0])
+    return store.order_id_by_intent(session, payment_intent_id)
 
 
 def record_attempt(
@@ -325,20 +304,20 @@ def record_attempt(
 ) -> RecordedAttempt:
     """Insert or complete one attempt: a charge and its PaymentIntent describe the same attempt,
     each with fields the other lacks, so known values are merged and never erased."""
-    if not values["id"]:
+    attempt_id = values["id"]
+    if not attempt_id:
         raise ValueError(f"{event['type']} without an object id")
-    row = {name: None for name in _MERGED} | values
+    row = dict.fromkeys(store.MERGED_ATTEMPT_COLUMNS) | values
     row["event_id"] = event["id"]
     if row["payment_intent_id"]:
         row["order_id"] = _order_id(session, row["payment_intent_id"])
     moved_from = None
-    if not insert_ignore(session, PaymentAttempt, row, ["id"]):
-        found = raw(session).first(_ATTEMPT_FOR_UPDATE, {"id": row["id"]})
-        if found is None:  # pragma: no cover - the insert above just found it
+    if not store.insert_attempt(session, row):
+        stored = store.lock_attempt(session, attempt_id)
+        if stored is None:  # pragma: no cover - the insert above just found it
             raise LookupError(f"payment attempt {row['id']} vanished")
-        stored = dict(zip(_ATTEMPT_COLUMNS, found, strict=True))
         merged = dict(stored)
-        for name in _MERGED:
+        for name in store.MERGED_ATTEMPT_COLUMNS:
             if row[name] is not None and stored[name] in (None, 0):
                 merged[name] = row[name]
         if row["created"] < stored["created"]:
@@ -349,7 +328,7 @@ def record_attempt(
         ):
             merged["order_id"] = _order_id(session, merged["payment_intent_id"])
         if merged != stored:
-            raw(session).execute(_UPDATE_ATTEMPT, {"attempt_id": row["id"], **merged})
+            store.update_attempt(session, attempt_id, merged)
         row = merged
     recorded = RecordedAttempt.of(row, moved_from)
     for hook in ctx.on_attempt:
@@ -385,10 +364,7 @@ def on_dispute_created(session: Session, event: dict[str, Any], ctx: Context) ->
     dispute = _obj(event)
     intent_id = _id(dispute.get("payment_intent"))
     if intent_id is None:
-        charge_id = _id(dispute.get("charge"))
-        intent_id = session.execute(
-            select(PaymentAttempt.payment_intent_id).where(PaymentAttempt.id == charge_id)
-        ).scalar_one_or_none()
+        intent_id = store.attempt_intent(session, _id(dispute.get("charge")))
     if intent_id is None:
         return
     with orders.locked_order(session, payment_intent_id=intent_id) as order:

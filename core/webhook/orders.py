@@ -9,18 +9,16 @@ permutation of an order's events ends in the same state.
 from __future__ import annotations
 
 import functools
-import hashlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Table, bindparam, insert, or_, select, text, update
 from sqlalchemy.orm import Session, configure_mappers
 from sqlalchemy.orm.instrumentation import ClassManager, manager_of_class
 
-from core.db import Prepared, insert_ignore, raw
-from core.models import Order, OrderTransition, PaymentAttempt, utcnow
+from core.models import Order, utcnow
+from core.webhook import store
 
 # Forward order of statuses; a higher rank is never replaced by a lower one.
 STATUSES = (
@@ -54,9 +52,6 @@ def derive_status(order: Order) -> str:
     return "pending"
 
 
-_INSERT_TRANSITION = Prepared(insert(OrderTransition.__table__))  # type: ignore[arg-type]
-
-
 def refresh_status(
     session: Session, order: Order, *, event_id: str | None, actor: str | None, at: datetime
 ) -> str:
@@ -68,9 +63,8 @@ def refresh_status(
             raise AssertionError(f"order {order.id} would move back from {old} to {new}")
         order.status = new
         order.updated_at = at
-        # A plain insert (needs only the order's id): cheaper than a unit-of-work insert.
-        raw(session).execute(
-            _INSERT_TRANSITION,
+        store.insert_transition(
+            session,
             {
                 "order_id": order.id,
                 "at": at,
@@ -87,39 +81,13 @@ def _earliest(current: datetime | None, candidate: datetime) -> datetime:
     return candidate if current is None or candidate < current else current
 
 
-_ORDERS: Table = Order.__table__  # type: ignore[assignment]
-_COLUMNS = tuple(_ORDERS.columns.keys())
-_KEYS = ((True, True), (True, False), (False, True))  # by Checkout Session, by PaymentIntent
-
-
-def _lock_statement(by_session: bool, by_intent: bool) -> Prepared:
-    keys = []
-    if by_session:
-        keys.append(_ORDERS.c.checkout_session_id == bindparam("session"))
-    if by_intent:
-        keys.append(_ORDERS.c.payment_intent_id == bindparam("intent"))
-    return Prepared(select(_ORDERS).where(or_(*keys)).order_by(_ORDERS.c.id).with_for_update())
-
-
-# Built once per key combination: the webhook hot path runs them for every order event.
-_LOCK_ROWS = {key: _lock_statement(*key) for key in _KEYS}
-_LINK_ATTEMPTS = Prepared(
-    update(PaymentAttempt)
-    .where(
-        PaymentAttempt.payment_intent_id == bindparam("intent"),
-        PaymentAttempt.order_id.is_(None),
-    )
-    .values(order_id=bindparam("order_id"))
-)
-
-
 def _claim(
     session: Session,
     checkout_session_id: str | None,
     payment_intent_id: str | None,
     defaults: dict[str, Any] | None,
-) -> tuple[bool, bool]:
-    """Create the order unless it exists; the key combination to lock it by."""
+) -> None:
+    """Create the order unless it exists."""
     if not checkout_session_id and not payment_intent_id:
         raise ValueError("an order needs a Checkout Session id or a PaymentIntent id")
     values: dict[str, Any] = {"status": "pending", "amount_total": 0, "amount_refunded": 0}
@@ -130,8 +98,7 @@ def _claim(
     values["updated_at"] = values["created_at"]
     if payment_intent_id:  # always before the order row: the one lock order, no deadlock
         lock_payment_intent(session, payment_intent_id)
-    insert_ignore(session, Order, values)
-    return bool(checkout_session_id), bool(payment_intent_id)
+    store.insert_order(session, values)
 
 
 def _join_keys(
@@ -161,42 +128,30 @@ def locked_order(
     Without the ORM's unit of work (the webhook hot path): the order is a detached copy of its
     locked row, and what the block changed is written back with one UPDATE when it ends
     (nothing when it raises: the caller rolls back)."""
-    key = _claim(session, checkout_session_id, payment_intent_id, defaults)
-    params = {"session": checkout_session_id, "intent": payment_intent_id}
-    rows = raw(session).rows(_LOCK_ROWS[key], params)
+    _claim(session, checkout_session_id, payment_intent_id, defaults)
+    rows = store.lock_order_rows(session, checkout_session_id, payment_intent_id)
     before = rows[0]
     order: Order = _order_class().new_instance()  # as a load would: no per-attribute events
-    order.__dict__.update(zip(_COLUMNS, before, strict=True))
+    order.__dict__.update(zip(store.ORDER_COLUMNS, before, strict=True))
     if len(rows) == 1:
         _join_keys(order, checkout_session_id, payment_intent_id)
     yield order
     changed = tuple(
-        name for name, old in zip(_COLUMNS, before, strict=True) if getattr(order, name) != old
+        name
+        for name, old in zip(store.ORDER_COLUMNS, before, strict=True)
+        if getattr(order, name) != old
     )
     if changed:
         if "updated_at" not in changed:  # the column's onupdate, as a flush would apply it
             order.updated_at = utcnow()
             changed += ("updated_at",)
-        values = {name: getattr(order, name) for name in changed}
-        raw(session).execute(_update_order(changed), {"order_id": order.id, **values})
+        store.update_order(session, order.id, {name: getattr(order, name) for name in changed})
 
 
 @functools.cache
 def _order_class() -> ClassManager[Order]:
     configure_mappers()  # an instance's attributes work once its mapper is configured
     return manager_of_class(Order)
-
-
-@functools.cache
-def _update_order(columns: tuple[str, ...]) -> Prepared:
-    return Prepared(
-        update(_ORDERS)
-        .where(_ORDERS.c.id == bindparam("order_id"))
-        .values({name: bindparam(name) for name in columns})
-    )
-
-
-_LOCK_INTENT = Prepared(text("SELECT pg_advisory_xact_lock(:key)"))
 
 
 def lock_payment_intent(session: Session, payment_intent_id: str) -> None:
@@ -206,11 +161,7 @@ def lock_payment_intent(session: Session, payment_intent_id: str) -> None:
     on PostgreSQL would each miss the other's uncommitted row and leave the attempt unlinked.
     With this lock (held until commit) the second one sees the first. SQLite writers are serial
     already."""
-    cursor = raw(session)
-    if cursor.dialect.name == "postgresql":
-        digest = hashlib.blake2b(payment_intent_id.encode(), digest_size=8, person=b"pi_link")
-        key = int.from_bytes(digest.digest(), "big", signed=True)
-        cursor.execute(_LOCK_INTENT, {"key": key})
+    store.lock_payment_intent(session, payment_intent_id)
 
 
 def link_attempts(session: Session, order: Order, payment_intent_id: str) -> None:
@@ -220,7 +171,7 @@ def link_attempts(session: Session, order: Order, payment_intent_id: str) -> Non
     PaymentIntent before this transaction linked its attempts then, and every later attempt
     found the order: only the transaction that brings the PaymentIntent has to link."""
     # Needs only the order's id: no need to flush its other changes.
-    raw(session).execute(_LINK_ATTEMPTS, {"intent": payment_intent_id, "order_id": order.id})
+    store.link_attempts(session, payment_intent_id, order.id)
 
 
 def mark_paid(order: Order, at: datetime) -> None:

@@ -4,57 +4,48 @@ One transaction inserts the event (primary key = Stripe id), applies its handler
 delivery row; a duplicate changes nothing; a handler error rolls back and leaves a failed
 delivery row. Deliveries that arrive together share one commit (`receive_many`), each event
 inside its own savepoint. No network call happens here.
+
+Each delivery is answered on its own merits: nothing one event does (a handler error, a value
+the database refuses, a failure while recording its failure) changes another's answer. A signed
+event that can never be applied (core.webhook.validate, or a value the database refuses) is
+stored as `unprocessable` and answered 200: the same bytes would fail the same way on every
+retry, so a 5xx would only make Stripe retry it for days; it waits on the Webhooks page for an
+operator to replay. 500 stays for our own failures, which a retry can cure.
+
+Rejected requests (bad signature, malformed body...) are counted per minute, reason and source
+address (webhook_rejections) and only a bounded sample of them gets a delivery row, so a flood
+of unauthenticated requests cannot grow the database without limit.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
-from contextlib import nullcontext
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Engine, bindparam, insert, update
-from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy import Engine
+from sqlalchemy.exc import DataError, DBAPIError, OperationalError
 from sqlalchemy.orm import Session
 
-from core.db import JSONText, Prepared, hot_path, insert_ignore, raw, session_scope
-from core.models import StripeEvent, WebhookDelivery
+from core.db import JSONText, session_scope
+from core.webhook import store
 from core.webhook.handlers import HANDLERS, Context
 from core.webhook.signature import Rejection, _reject, verify
+from core.webhook.validate import clean, clean_or_none, envelope_problem, problem
 
 log = logging.getLogger(__name__)
 
 
-_INSERT_DELIVERY = Prepared(insert(WebhookDelivery.__table__))  # type: ignore[arg-type]
-_EVENTS = StripeEvent.__table__
-# Another delivery of a stored event: counted, its row locked; its status says what to do.
-_COUNT_DELIVERY = Prepared(
-    update(_EVENTS)  # type: ignore[arg-type]
-    .where(_EVENTS.c.id == bindparam("event_id"))
-    .values(deliveries=_EVENTS.c.deliveries + 1)
-    .returning(_EVENTS.c.status)
-)
-_REAPPLIED = Prepared(
-    update(_EVENTS)  # type: ignore[arg-type]
-    .where(_EVENTS.c.id == bindparam("event_id"))
-    .values(
-        source=bindparam("source"),
-        status=bindparam("status"),
-        processed_at=bindparam("processed_at"),
-        last_error=bindparam("last_error"),
-    )
-)
-_FAILED_AGAIN = Prepared(
-    update(_EVENTS)  # type: ignore[arg-type]
-    .where(_EVENTS.c.id == bindparam("event_id"), _EVENTS.c.status == "failed")
-    .values(last_error=bindparam("last_error"))
-)
-
-
 MAX_ERROR_CHARS = 500
+# Rejected requests kept with details (a delivery row) per minute, reason and source address;
+# the others are only counted.
+SAMPLES_PER_MINUTE = 3
+# A stored event in one of these states was never applied: another delivery applies it now.
+NOT_APPLIED = ("failed", "unprocessable")
+UNPROCESSABLE = "unprocessable_event"  # the answer's reason (a fixed code: metrics labels)
 
 
 @dataclass(frozen=True)
@@ -76,13 +67,9 @@ class Outcome:
         return body
 
 
-def _insert_ignore(session: Session, values: dict[str, Any]) -> bool:
-    return insert_ignore(session, StripeEvent, values, ["id"])
-
-
-def _count_delivery(session: Session, event_id: str) -> str:
-    """Count one more delivery of a stored event (row-locked until commit); its status."""
-    return str(raw(session).rows(_COUNT_DELIVERY, {"event_id": event_id})[0][0])
+def event_key(event: dict[str, Any]) -> str:
+    """The event's id as stored (the id itself, unless it holds what no column can take)."""
+    return clean(event["id"], 255)
 
 
 def _event_row(
@@ -90,14 +77,12 @@ def _event_row(
 ) -> dict[str, Any]:
     obj = event["data"]["object"]
     return {
-        "id": event["id"],
-        "type": event["type"],
+        "id": event_key(event),
+        "type": clean(event["type"], 255),
         "created": datetime.fromtimestamp(event["created"], UTC),
         "livemode": event["livemode"],
-        "api_version": event.get("api_version")
-        if isinstance(event.get("api_version"), str)
-        else None,
-        "object_id": obj.get("id") if isinstance(obj.get("id"), str) else None,
+        "api_version": clean_or_none(event.get("api_version"), 64),
+        "object_id": clean_or_none(obj.get("id"), 255),
         "status": "failed",
         "deliveries": 1,
         "first_received_at": now,
@@ -109,7 +94,8 @@ def _event_row(
 def apply_event(
     session: Session, event: dict[str, Any], ctx: Context, source: str, body: str | None = None
 ) -> str:
-    """Insert `event` and apply it once. Returns `processed`, `ignored` or `duplicate`.
+    """Insert `event` and apply it once. Returns `processed`, `ignored`, `unprocessable` (stored
+    with the reason, not applied: see core.webhook.validate) or `duplicate`.
 
     `body` is the verified body `event` was parsed from: stored as it is when given.
 
@@ -119,23 +105,24 @@ def apply_event(
     duplicates harmless."""
     now = ctx.now()
     note = _ignore_note(event, ctx)
-    handler = None if note else HANDLERS.get(event["type"])
-    status = "processed" if handler else "ignored"
+    reason = envelope_problem(event) if note else problem(event)
+    handler = None if note or reason else HANDLERS.get(event["type"])
+    status = "unprocessable" if reason else "processed" if handler else "ignored"
     row_values = _event_row(event, source, now, body)
-    row_values.update(status=status, processed_at=now, last_error=note)
-    if not _insert_ignore(session, row_values):
-        if _count_delivery(session, event["id"]) != "failed":
+    row_values.update(
+        status=status, processed_at=None if reason else now, last_error=reason or note
+    )
+    if not store.insert_event(session, row_values):
+        if store.count_delivery(session, row_values["id"]) not in NOT_APPLIED:
             return "duplicate"
-        # An earlier attempt failed and was rolled back: this delivery applies it now.
-        raw(session).execute(
-            _REAPPLIED,
-            {
-                "event_id": event["id"],
-                "source": source,
-                "status": status,
-                "processed_at": now,
-                "last_error": note,
-            },
+        # An earlier attempt failed (or could not be applied): this delivery tries it now.
+        store.mark_reapplied(
+            session,
+            row_values["id"],
+            source=source,
+            status=status,
+            processed_at=row_values["processed_at"],
+            last_error=row_values["last_error"],
         )
     if handler is not None:
         handler(session, event, ctx)
@@ -149,19 +136,34 @@ def _ignore_note(event: dict[str, Any], ctx: Context) -> str | None:
 
 
 def record_failure(
-    session: Session, event: dict[str, Any], error: str, now: datetime, body: str | None = None
+    session: Session,
+    event: dict[str, Any],
+    error: str,
+    now: datetime,
+    body: str | None = None,
+    status: str = "failed",
 ) -> None:
-    """Keep a failed event visible (and replayable) after its handler was rolled back."""
+    """Keep a failed (or unprocessable) event visible and replayable after its handler was
+    rolled back."""
     row = _event_row(event, "webhook", now, body)
+    row["status"] = status
     row["last_error"] = error
-    if not _insert_ignore(session, row) and _count_delivery(session, event["id"]) == "failed":
-        raw(session).execute(_FAILED_AGAIN, {"event_id": event["id"], "last_error": error})
+    if not store.insert_event(session, row) and (
+        store.count_delivery(session, row["id"]) in NOT_APPLIED
+    ):
+        store.mark_not_applied(session, row["id"], status, error)
 
 
 def safe_error(exc: BaseException) -> str:
-    """A short description of a handler error for the tables: type and message, no traceback."""
-    text = f"{type(exc).__name__}: {exc}"
-    return text[:MAX_ERROR_CHARS]
+    """A short description of a handler error for the tables: type and message, no traceback,
+    storable (the message may quote a value from the event)."""
+    return clean(f"{type(exc).__name__}: {exc}", MAX_ERROR_CHARS)
+
+
+def refused_value(exc: BaseException) -> bool:
+    """An error caused by a value of the event that no retry changes: the database refused it
+    (too long, out of range, a NUL), or the driver could not even send it."""
+    return isinstance(exc, (DataError, OverflowError, UnicodeEncodeError))
 
 
 @dataclass(frozen=True)
@@ -208,11 +210,10 @@ def receive_many(
     is unavailable every verified delivery of the group is answered 503."""
     outcomes: list[Outcome] = []
     verified: list[int] = []
-    grouped = len(deliveries) > 1
     try:
         with session_scope(engine) as session:
             for delivery in deliveries:
-                outcome = receive_one(session, delivery, secrets, tolerance, ctx, grouped=grouped)
+                outcome = receive_one(session, delivery, secrets, tolerance, ctx)
                 if outcome.event_id is not None:
                     verified.append(len(outcomes))
                 outcomes.append(outcome)
@@ -245,18 +246,17 @@ def receive_one(
     secrets: Sequence[str],
     tolerance: int,
     ctx: Context,
-    *,
-    grouped: bool,
 ) -> Outcome:
-    """One delivery inside the caller's transaction (see `receive_many`); `grouped` when the
-    transaction holds others, whose writes a failure of this one must not roll back."""
+    """One delivery inside the caller's transaction (see `receive_many`), in savepoints of its
+    own: whatever it does, the caller's other writes stand. Raises only when the database is
+    unavailable."""
     started = time.perf_counter()
     received_at = ctx.now()
 
     def row(**values: Any) -> dict[str, Any]:
         return {
             "received_at": received_at,
-            "remote_addr": delivery.remote_addr,
+            "remote_addr": clean_or_none(delivery.remote_addr, 64),
             "body_bytes": len(delivery.payload),
             "duration_ms": (time.perf_counter() - started) * 1000,
             **values,
@@ -266,42 +266,90 @@ def receive_one(
         event = _verify_delivery(delivery, secrets, tolerance, received_at.timestamp())
     except Rejection as rejection:
         outcome = Outcome(rejection.status, "rejected", rejection.reason)
-        raw(session).execute(
-            _INSERT_DELIVERY,
-            row(
-                verified=False,
-                rejection_reason=outcome.reason,
-                http_status=outcome.status,
-                outcome="rejected",
-            ),
+        sample = row(
+            verified=False,
+            rejection_reason=outcome.reason,
+            http_status=outcome.status,
+            outcome="rejected",
         )
+        _contained(session, "rejection", lambda: _count_rejection(session, sample))
         return outcome
 
-    base = {"event_id": event["id"], "event_type": event["type"], "verified": True}
+    key = event_key(event)
+    base = {"event_id": key, "event_type": clean(event["type"], 255), "verified": True}
     body = delivery.payload.decode("utf-8")  # verified: valid UTF-8
     try:
-        # In a group, a savepoint (a failure rolls back to here only); alone, the transaction.
-        with hot_path(session) as cursor, cursor.savepoint() if grouped else nullcontext():
+        with store.isolated(session):  # a failure rolls back to here only
             result = apply_event(session, event, ctx, "webhook", body)
             session.flush()  # anything a plug-in left pending, inside the event's savepoint
-        if grouped:
-            session.expunge_all()  # flushed: a group's identity map need not grow
+            store.insert_delivery(session, row(**base, http_status=200, outcome=result))
+        session.expunge_all()  # flushed: a group's identity map need not grow
     except Exception as exc:
-        if grouped:
-            session.expunge_all()  # objects loaded or changed by the rolled-back event
-        else:
-            session.rollback()  # the next statement begins a new transaction
+        session.expunge_all()  # objects loaded or changed by the rolled-back event
         if isinstance(exc, DBAPIError) and _is_unavailable(exc):
             raise
-        error = safe_error(exc.orig if isinstance(exc, DBAPIError) and exc.orig else exc)
-        log.error("webhook %s (%s) failed: %s", event["id"], event["type"], error)
-        record_failure(session, event, error, received_at, body)
-        raw(session).execute(
-            _INSERT_DELIVERY, row(**base, http_status=500, outcome="failed", error=error)
-        )
-        return Outcome(500, "error", "processing_failed", event_id=event["id"])
-    raw(session).execute(_INSERT_DELIVERY, row(**base, http_status=200, outcome=result))
-    return Outcome(200, result, event_id=event["id"])
+        return _not_applied(session, event, exc, body, lambda **v: row(**base, **v))
+    if result == "unprocessable":
+        return Outcome(200, "unprocessable", UNPROCESSABLE, event_id=key)
+    return Outcome(200, result, event_id=key)
+
+
+def _not_applied(
+    session: Session,
+    event: dict[str, Any],
+    exc: Exception,
+    body: str,
+    row: Callable[..., dict[str, Any]],
+) -> Outcome:
+    """Record an event whose handler raised, and its delivery; the answer.
+
+    A value the database refused makes the event unprocessable (200); anything else is ours to
+    fix or to retry (500). If even the event row cannot be written, the delivery row still is
+    (with what went wrong), and the answer is a 500: the event is not stored anywhere yet."""
+    error = safe_error(exc.orig if isinstance(exc, DBAPIError) and exc.orig else exc)
+    status = "unprocessable" if refused_value(exc) else "failed"
+    key = event_key(event)
+    log.error("webhook %s (%s) %s: %s", key, clean(event["type"], 255), status, error)
+    delivery = row(http_status=200 if status == "unprocessable" else 500, outcome=status)
+
+    def record() -> None:
+        record_failure(session, event, error, delivery["received_at"], body, status)
+        store.insert_delivery(session, {**delivery, "error": error})
+
+    if _contained(session, "event", record):
+        if status == "unprocessable":
+            return Outcome(200, "unprocessable", UNPROCESSABLE, event_id=key)
+        return Outcome(500, "error", "processing_failed", event_id=key)
+    fallback = {**delivery, "http_status": 500, "outcome": "failed", "error": error}
+    _contained(session, "delivery", lambda: store.insert_delivery(session, fallback))
+    return Outcome(500, "error", "processing_failed", event_id=key)
+
+
+def _contained(session: Session, what: str, write: Callable[[], None]) -> bool:
+    """Run `write` in a savepoint of its own; False (logged, rolled back) if it raised, unless
+    the database is unavailable: then the whole group fails, as it must."""
+    try:
+        with store.isolated(session):
+            write()
+    except Exception as exc:
+        session.expunge_all()
+        if isinstance(exc, DBAPIError) and _is_unavailable(exc):
+            raise
+        log.error("webhook: could not record the %s: %s", what, safe_error(exc))
+        return False
+    return True
+
+
+def _count_rejection(session: Session, sample: dict[str, Any]) -> None:
+    """Count a rejected request; keep it with its details while its minute, reason and address
+    have fewer than SAMPLES_PER_MINUTE samples."""
+    at: datetime = sample["received_at"]
+    minute = at.replace(second=0, microsecond=0)
+    seen = store.count_rejection(
+        session, minute, sample["rejection_reason"], sample["remote_addr"] or ""
+    )
+    if seen <= SAMPLES_PER_MINUTE:
+        store.insert_delivery(session, sample)
 
 
 def _verify_delivery(

@@ -18,12 +18,15 @@ from core.__main__ import main as cli
 from core.console import alerts
 from core.console.alerts import Rate
 from core.db import session_scope
-from core.models import Alert, AuditEntry, PaymentAttempt, WebhookDelivery
+from core.models import Alert, AuditEntry, PaymentAttempt, WebhookDelivery, WebhookRejection
 from core.risk import batch
 from core.risk.detector import Rules
 from core.settings import load_settings
+from core.webhook.handlers import Context
+from core.webhook.receive import receive
 from receiver.app import create_app
 from tests.conftest import SECRET
+from tests.support import stripe_objects as so
 
 SPIKE_CASES = [
     ("too few attempts to judge", Rate(19, 19), Rate(10, 100), False),
@@ -246,16 +249,40 @@ def test_decline_spike_once_per_window(engine: Engine, httpserver: HTTPServer) -
 def test_webhook_failure_and_retry_spikes(sqlite_engine: Engine) -> None:
     now = datetime.now(UTC)
     with session_scope(sqlite_engine) as session:
-        for i, outcome in enumerate(["rejected"] * 15 + ["duplicate"] * 10 + ["processed"] * 5):
+        for i, outcome in enumerate(["failed"] * 15 + ["duplicate"] * 10 + ["processed"] * 5):
             session.add(
                 WebhookDelivery(
                     received_at=now - timedelta(seconds=i + 1),
-                    http_status=400 if outcome == "rejected" else 200,
+                    http_status=500 if outcome == "failed" else 200,
                     outcome=outcome,
                 )
             )
     report = run(sqlite_engine, None, now)
     assert sorted(report.raised) == ["webhook_failure_spike", "webhook_retry_spike"]
+
+
+def test_rejected_requests_count_from_their_per_minute_counters(sqlite_engine: Engine) -> None:
+    """Issue 11, finding 6: rejected requests are counters per minute, not a row each (the
+    delivery rows of rejections are only a sample); the failure signal still counts them all."""
+    now = datetime.now(UTC)
+    minute = (now - timedelta(minutes=2)).replace(second=0, microsecond=0)
+    with session_scope(sqlite_engine) as session:
+        session.add(
+            WebhookRejection(
+                minute=minute, reason="no_matching_signature", remote_addr="1.2.3.4", deliveries=40
+            )
+        )
+        for _ in range(3):  # the sample of those 40, and 10 successes
+            session.add(WebhookDelivery(received_at=minute, http_status=400, outcome="rejected"))
+        for i in range(10):
+            session.add(
+                WebhookDelivery(
+                    received_at=now - timedelta(seconds=i + 1), http_status=200, outcome="processed"
+                )
+            )
+    with session_scope(sqlite_engine, write=False) as session:
+        s = alerts.signals(session, now)
+    assert (s.webhook_failures.hits, s.webhook_failures.total) == (40, 50)
 
 
 # --- Prometheus -------------------------------------------------------------------------------
@@ -284,6 +311,18 @@ def test_metrics_expose_the_same_signals(engine: Engine, db_url: str) -> None:
     assert samples['payments_risk_flags_open{entity_kind="ip"}'] == 0
     assert samples['payments_decline_rate{window="900s"}'] == 0.75
     assert samples['payments_decline_events{kind="total",window="900s"}'] == 4
+    assert samples['payments_webhook_events_not_applied{status="unprocessable"}'] == 0
+
+
+def test_metrics_count_unprocessable_events(engine: Engine, db_url: str) -> None:
+    """Issue 11: a stored unprocessable event is counted in /metrics until it is resolved."""
+    evt = so.event("charge.refunded", {})  # `{}` as the object: can never be applied
+    body, header = so.signed(evt, SECRET)
+    outcome = receive(engine, body, header, secrets=[SECRET], tolerance=300, ctx=Context())
+    assert outcome.result == "unprocessable"
+    samples = scrape(db_url)
+    assert samples['payments_webhook_events_not_applied{status="unprocessable"}'] == 1
+    assert samples['payments_webhook_events_not_applied{status="failed"}'] == 0
 
 
 def test_metrics_answer_when_the_database_cannot_be_read(tmp_path: Path) -> None:

@@ -29,6 +29,7 @@ from core.models import (
     RiskFlag,
     StripeEvent,
     WebhookDelivery,
+    WebhookRejection,
 )
 
 
@@ -303,6 +304,23 @@ DELIVERIES = [
 ]
 
 
+def _rejections(deliveries: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The per-minute counters the receiver keeps for the rejected requests above (their
+    delivery rows are only a sample)."""
+    counts: dict[tuple[datetime, str], int] = {}
+    for d in deliveries:
+        if d["outcome"] == "rejected":
+            key = (d["received_at"].replace(second=0, microsecond=0), d["rejection_reason"])
+            counts[key] = counts.get(key, 0) + 1
+    return [
+        {"minute": minute, "reason": reason, "remote_addr": "", "deliveries": n}
+        for (minute, reason), n in counts.items()
+    ]
+
+
+REJECTIONS = _rejections(DELIVERIES)
+
+
 def _flag(status: str) -> dict[str, Any]:
     return {
         "entity_kind": "card",
@@ -321,6 +339,7 @@ def data(engine: Engine) -> Iterator[Engine]:
         session.execute(insert(PaymentAttempt), ATTEMPTS)
         session.execute(insert(StripeEvent), EVENTS)
         session.execute(insert(WebhookDelivery), DELIVERIES)
+        session.execute(insert(WebhookRejection), REJECTIONS)
         session.execute(insert(RiskFlag), [_flag("open"), _flag("open"), _flag("dismissed")])
         session.execute(
             insert(OrderTransition),

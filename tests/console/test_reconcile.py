@@ -134,6 +134,24 @@ def test_a_failed_event_is_applied_again(
         assert row is not None and (row.status, row.source) == ("processed", "reconcile")
 
 
+def test_an_impossible_event_is_stored_once_not_failed_on_every_run(
+    sqlite_engine: Engine, fake: FakeStripe, client: StripeApi
+) -> None:
+    """Issue 11, finding 4: an event that can never be applied used to fail every
+    reconciliation the same way. It is stored as unprocessable with its reason, reported as
+    skipped, and a second run has nothing to do."""
+    impossible = so.event("charge.refunded", {})
+    fake.add_event(impossible)
+    first = reconcile(sqlite_engine, client, Context(), CRON)
+    assert (first.failed, first.skipped) == ([], [(impossible["id"], "unprocessable")])
+    with session_scope(sqlite_engine, write=False) as session:
+        row = session.get(StripeEvent, impossible["id"])
+        assert row is not None
+        assert (row.status, row.last_error) == ("unprocessable", "data.object.id: missing")
+    second = reconcile(sqlite_engine, client, Context(), CRON)
+    assert (second.failed, second.skipped, second.applied) == ([], [], [])
+
+
 @pytest.mark.parametrize("attempt", range(3))
 def test_reconciliation_racing_a_webhook_applies_the_event_once(
     engine: Engine, fake: FakeStripe, client: StripeApi, attempt: int

@@ -550,6 +550,10 @@ def test_webhooks_shows_deliveries_retries_failures_and_lag(
     # Every event was delivered 2 s after Stripe created it.
     assert lag.loc["to_first_receipt", "p50_seconds"] == pytest.approx(2.0, abs=0.01)
     assert plotly_charts(at) == 2
+    # The retention policy and its last run: shown to admins only (issue 12).
+    assert ("Retention" in [h.value for h in at.subheader]) is (role == "admin")
+    texts = " ".join(str(t.value) for t in at.text)
+    assert ("Last run: never" in texts) is (role == "admin")
 
 
 @pytest.mark.parametrize("role", ROLES)

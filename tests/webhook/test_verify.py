@@ -317,7 +317,12 @@ def test_the_table_is_large_and_covers_every_reason() -> None:
 
 
 def deliver_rejected(
-    engine: Engine, build: Callable[[], Delivery], delay: int, reason: str, status: int
+    engine: Engine,
+    build: Callable[[], Delivery],
+    delay: int,
+    reason: str,
+    status: int,
+    remote_addr: str = "192.0.2.7",
 ) -> WebhookDelivery:
     delivery = build()
     outcome = receive(
@@ -327,7 +332,7 @@ def deliver_rejected(
         secrets=SECRETS,
         tolerance=TOLERANCE,
         ctx=context(NOW + timedelta(seconds=delay)),
-        remote_addr="192.0.2.7",
+        remote_addr=remote_addr,
     )
     assert (outcome.status, outcome.result, outcome.reason) == (status, "rejected", reason)
     assert 400 <= outcome.status < 500
@@ -340,7 +345,7 @@ def deliver_rejected(
         "rejected",
     )
     assert row.event_id is None and row.event_type is None
-    assert row.remote_addr == "192.0.2.7"
+    assert row.remote_addr == remote_addr
     assert row.body_bytes == len(delivery.payload)
     return row
 
@@ -369,9 +374,10 @@ def test_rejected_delivery_leaves_only_its_delivery_row(
 
 @pytest.mark.postgres
 def test_every_rejection_on_postgres(pg_engine: Engine) -> None:
-    """The same table against PostgreSQL, in one database (one per case would be slow)."""
+    """The same table against PostgreSQL, in one database (one per case would be slow). One
+    source address per case: each is then the first of its minute, kept as a sample."""
     for number, (_name, build, delay, reason, status) in enumerate(REJECTED, start=1):
-        deliver_rejected(pg_engine, build, delay, reason, status)
+        deliver_rejected(pg_engine, build, delay, reason, status, f"192.0.2.{number}")
         assert table_counts(pg_engine) == only_deliveries(number)
 
 

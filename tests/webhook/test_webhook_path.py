@@ -221,15 +221,16 @@ def test_handler_error_rolls_back_and_the_redelivery_succeeds(engine: Engine) ->
     ]
 
 
-def test_handler_error_on_a_bad_object_is_a_500_not_a_crash(engine: Engine) -> None:
-    """A verified event the handler cannot apply (no session id) fails cleanly and is kept."""
+def test_an_object_without_its_id_is_unprocessable_not_a_500(engine: Engine) -> None:
+    """Issue 11, finding 4: a verified event its handler can never apply (no session id) is
+    stored as unprocessable with its reason and answered 200, not a 500 that Stripe retries."""
     evt = so.event("checkout.session.completed", so.checkout_session())
     del evt["data"]["object"]["id"]
     outcome = deliver(engine, evt)
-    assert (outcome.status, outcome.reason) == (500, "processing_failed")
+    assert (outcome.status, outcome.result) == (200, "unprocessable")
     row = event_row(engine, evt["id"])
-    assert row.status == "failed" and row.object_id is None
-    assert row.last_error == "ValueError: checkout.session event without a session id"
+    assert row.status == "unprocessable" and row.object_id is None
+    assert row.last_error == "data.object.id: missing"
 
 
 def test_event_row_keeps_what_stripe_sent(engine: Engine) -> None:
