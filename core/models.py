@@ -416,3 +416,16 @@ class AuditEntry(Base):
     idempotency_key: Mapped[str | None] = mapped_column(String(255))
     prev_hash: Mapped[str] = mapped_column(String(64))
     hash: Mapped[str] = mapped_column(String(64), unique=True)
+
+
+# --- receiver edge (issue 11 A) -----------------------------------------------------------------
+
+
+class ReceiverHeartbeat(Base):
+    """One row per receiver name, rewritten by every /healthz: the check proves that the
+    database takes a write (and commits it), not only that it answers a SELECT."""
+
+    __tablename__ = "receiver_heartbeats"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    beat_at: Mapped[datetime] = mapped_column(default=utcnow)
