@@ -31,7 +31,8 @@ from core.webhook import receive, signature
 from receiver.group import GroupWriter
 from receiver.metrics import Metrics
 
-log = logging.getLogger("receiver")
+# A client's own trouble (it hung up) is logged where uvicorn logs connections, at INFO.
+connection_log = logging.getLogger("uvicorn.error")
 
 
 @dataclass
@@ -54,7 +55,7 @@ async def stripe_webhook(request: Request) -> Response:
         body, too_large = await _read_capped(request, signature.MAX_BODY_BYTES)
     except ClientDisconnect:  # the client's business, not an error of ours: one quiet line
         peer = request.client.host if request.client else "unknown"
-        log.info("webhook request from %s ended before its body was read", peer)
+        connection_log.info("webhook request from %s ended before its body was read", peer)
         return Response(status_code=400)  # never sent: the connection is gone
     delivery = receive.Delivery(
         body,
