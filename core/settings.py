@@ -158,7 +158,7 @@ class Settings(BaseSettings):
     # --- receiver edge (issue 11 A): seconds; see receiver/edge.py and the README ---
     receiver_header_timeout: float = 10.0  # a request's headers must arrive whole within this
     receiver_body_timeout: float = 20.0  # and its body within this after them
-    receiver_db_timeout: float = 3.0  # a delivery or /healthz waits this long for the database
+    receiver_db_timeout: float = 2.0  # a delivery or /healthz waits this long for the database
 
     @field_validator("receiver_header_timeout", "receiver_body_timeout", "receiver_db_timeout")
     @classmethod
