@@ -31,12 +31,14 @@ $(STAMP): requirements.txt pyproject.toml
 
 venv: $(STAMP)
 
-# Debian packages: PostgreSQL (tests run a real server), Chromium (browser journey), wrk (bench).
+# Debian packages: PostgreSQL (tests run a real server), Chromium (browser journey), wrk (bench),
+# nginx (tests run deploy/nginx/receiver.conf in front of the receiver).
 system-deps:
 	@missing=""; \
 	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing="$$missing postgresql"; \
 	test -x /usr/bin/chromium || missing="$$missing chromium"; \
 	command -v wrk >/dev/null 2>&1 || missing="$$missing wrk"; \
+	test -x /usr/sbin/nginx || command -v nginx >/dev/null 2>&1 || missing="$$missing nginx-light"; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing Debian packages:$$missing"; \
 	  $(SUDO) apt-get update -q && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q $$missing; \
@@ -48,7 +50,7 @@ migrate: venv
 run: venv migrate
 	@$(BIN)/python -m core demo --once
 	@$(BIN)/python -m core users demo
-	@mkdir -p data
+	@mkdir -p -m 700 data
 	@echo "receiver:  http://127.0.0.1:$(RECEIVER_PORT)/webhooks/stripe"
 	@echo "dashboard: http://127.0.0.1:$(DASHBOARD_PORT)  (admin / admin-demo, finance / finance-demo, support / support-demo)"
 	@trap 'kill 0' EXIT INT TERM; \
@@ -57,7 +59,7 @@ run: venv migrate
 	  echo "stripe:    no STRIPE_SECRET_KEY, so a local Stripe STAND-IN (not Stripe) at $$STRIPE_API_BASE"; \
 	  $(BIN)/python -m core standin --port $(STANDIN_PORT) --receiver-url http://127.0.0.1:$(RECEIVER_PORT)/webhooks/stripe & \
 	fi; \
-	$(BIN)/uvicorn receiver.app:app --host 127.0.0.1 --port $(RECEIVER_PORT) --log-level warning & \
+	$(BIN)/python -m receiver --host 127.0.0.1 --port $(RECEIVER_PORT) --log-level warning & \
 	$(BIN)/streamlit run dashboard/app.py --server.address 127.0.0.1 --server.port $(DASHBOARD_PORT) & \
 	wait
 

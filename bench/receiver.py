@@ -241,12 +241,15 @@ class Server:
 
 @contextmanager
 def uvicorn_server(app: str, env: dict[str, str], workdir: Path) -> Iterator[Server]:
-    """`uvicorn app`, one worker, on 127.0.0.1 and a free port; yields it once healthy."""
+    """`uvicorn app`, one worker, on 127.0.0.1 and a free port; yields it once healthy. The
+    receiver is started as production starts it: `python -m receiver` (uvicorn with the edge's
+    limits)."""
     port = free_port()
     log_path = workdir / f"{app.split(':')[0]}.log"
+    command = ["-m", "receiver"] if app == "receiver.app:app" else ["-m", "uvicorn", app]
     with log_path.open("wb") as log:
         process = subprocess.Popen(
-            [sys.executable, "-m", "uvicorn", app, "--host", "127.0.0.1", "--port", str(port),
+            [sys.executable, *command, "--host", "127.0.0.1", "--port", str(port),
              "--log-level", "warning", "--app-dir", str(ROOT)],
             cwd=workdir,  # no stray .env is read
             env=env,
@@ -417,6 +420,80 @@ def pace(requests_path: str, port: int, rate: float, seconds: float) -> dict[str
     }
 
 
+SLOW_CLIENTS = 50
+FLOODERS = 4
+_FORGED = b'{"id":"evt_forged","object":"event"}'
+_FLOOD_REQUEST = (
+    b"POST /webhooks/stripe HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+    b"Stripe-Signature: t=1,v1=%s\r\nContent-Length: %d\r\n\r\n%s"
+    % (b"0" * 64, len(_FORGED), _FORGED)
+)
+
+
+def attack(port: int, seconds: float) -> dict[str, Any]:
+    """What runs against the receiver beside the legitimate load of the "under attack" phase:
+    SLOW_CLIENTS clients that send a request's headers a line every half second and never finish
+    them (reconnecting when the server closes them), and FLOODERS connections sending unsigned
+    POSTs as fast as they are answered."""
+    stop = time.monotonic() + seconds
+    counts = {"slow_connections": 0, "flood_answered": 0, "flood_errors": 0}
+    lock = threading.Lock()
+
+    def add(name: str) -> None:
+        with lock:
+            counts[name] += 1
+
+    def slow_client() -> None:
+        while time.monotonic() < stop:
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+                    add("slow_connections")
+                    sock.sendall(b"POST /webhooks/stripe HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+                    while time.monotonic() < stop:
+                        time.sleep(0.5)
+                        sock.sendall(b"X-Slow: 1\r\n")
+            except OSError:
+                time.sleep(0.05)
+
+    def flooder() -> None:
+        while time.monotonic() < stop:
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+                    reader = sock.makefile("rb")
+                    close = False
+                    while not close and time.monotonic() < stop:
+                        sock.sendall(_FLOOD_REQUEST)
+                        _, close = _read_answer(reader)
+                        add("flood_answered")
+            except (OSError, ValueError, IndexError):
+                add("flood_errors")
+                time.sleep(0.05)
+
+    threads = [threading.Thread(target=slow_client, daemon=True) for _ in range(SLOW_CLIENTS)]
+    threads += [threading.Thread(target=flooder, daemon=True) for _ in range(FLOODERS)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=seconds + 10)
+    return {**counts, "flood_rate": counts["flood_answered"] / seconds}
+
+
+@contextmanager
+def attacking(port: int, seconds: float) -> Iterator[dict[str, Any]]:
+    """The attack in a process of its own for `seconds`; its counts fill the yielded dict."""
+    result: dict[str, Any] = {}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "bench.receiver", "attack", str(port), str(seconds)],
+        cwd=ROOT, stdout=subprocess.PIPE, preexec_fn=_dies_with_parent(signal.SIGTERM),
+    )  # fmt: skip
+    try:
+        time.sleep(1.0)  # the slow clients are connected and the flood is running
+        yield result
+    finally:
+        out, _ = process.communicate(timeout=seconds + 30)
+        result.update(json.loads(out.decode().strip().splitlines()[-1]))
+
+
 def percentile(ordered: Sequence[float], q: float) -> float:
     """Nearest-rank percentile of an ascending sequence."""
     if not ordered:
@@ -435,6 +512,7 @@ class Measured:
     rows: str
     answered_processed: int
     stored_processed: int
+    attacked: dict[str, Any] | None = None
 
 
 class Pool:
@@ -445,12 +523,23 @@ class Pool:
         self.warmup = config.warmup
         self.latency = config.rate * config.seconds
         self.saturate = config.max_rate * config.seconds
-        self.bodies = event_bodies(self.warmup + self.latency + self.saturate)
+        # The receiver's rate, not the floor's, sizes the attack phase's events.
+        self.attack = min(config.max_rate, 6000) * config.seconds
+        self.bodies = event_bodies(self.warmup + self.latency + self.saturate + self.attack)
 
     def slice(self, phase: str) -> Sequence[bytes]:
-        start = {"warmup": 0, "latency": self.warmup, "saturate": self.warmup + self.latency}
-        size = {"warmup": self.warmup, "latency": self.latency, "saturate": self.saturate}
-        return self.bodies[start[phase] : start[phase] + size[phase]]
+        sizes = {
+            "warmup": self.warmup,
+            "latency": self.latency,
+            "saturate": self.saturate,
+            "attack": self.attack,
+        }
+        start = 0
+        for name, size in sizes.items():
+            if name == phase:
+                return self.bodies[start : start + size]
+            start += size
+        raise KeyError(phase)
 
 
 def drive(config: Config, pool: Pool, server: Server, workdir: Path) -> tuple[dict[str, Any], ...]:
@@ -473,6 +562,16 @@ def drive(config: Config, pool: Pool, server: Server, workdir: Path) -> tuple[di
     saturated["server_cpu_share"] = cpu / (saturated["duration_us"] / 1e6)
     requests.unlink()
     return warm, latency, saturated
+
+
+def under_attack(config: Config, pool: Pool, server: Server, workdir: Path) -> dict[str, Any]:
+    """Saturation again, on events of its own, while `attack` runs against the same server."""
+    requests = workdir / "requests.tsv"
+    write_requests(requests, pool.slice("attack"))
+    with attacking(server.port, config.seconds + 2) as result:
+        legit = run_wrk(config, server.port, requests)
+    requests.unlink()
+    return {**legit, **{f"attack_{k}": v for k, v in result.items()}}
 
 
 def receiver_env(database_url: str) -> dict[str, str]:
@@ -516,9 +615,12 @@ def measure_receiver(name: str, config: Config, pool: Pool, url: str, workdir: P
     engine.dispose()
     with uvicorn_server("receiver.app:app", receiver_env(url), workdir) as server:
         warm, latency, saturated = drive(config, pool, server, workdir)
+        attacked = under_attack(config, pool, server, workdir) if name == "sqlite" else None
     stored, rows = _count_rows(url)
     answered = warm["processed"] + latency["processed"] + saturated["processed"]
-    return Measured(name, saturated, latency, rows, answered, stored)
+    if attacked:
+        answered += attacked["processed"]
+    return Measured(name, saturated, latency, rows, answered, stored, attacked)
 
 
 def measure_floor(config: Config, pool: Pool, workdir: Path) -> Measured:
@@ -593,6 +695,26 @@ def report(
             f"| {lat['p99_ms']:.2f} ms | {lat['p999_ms']:.2f} ms | {lat['max_ms']:.2f} ms | "
             f"{lat['p99_from_schedule_ms']:.2f} ms |"
         )
+    for m in results:
+        if not (a := m.attacked):
+            continue
+        alone = m.saturated["rate"]
+        lines += [
+            "",
+            f"Under attack ({LABELS[m.name]}): the same saturation by wrk on events of its own, "
+            f"while {SLOW_CLIENTS} slow clients send request headers a line every 0.5 s without "
+            f"ever finishing them (reconnecting when closed) and {FLOODERS} connections send "
+            "unsigned POSTs as fast as they are answered (each is answered 400 and recorded).",
+            "",
+            "| stack | verified events/s | share of the rate without attack | unsigned POSTs "
+            "answered | slow-client connections made | wrk p50 / p99 |",
+            "| --- | ---: | ---: | ---: | ---: | ---: |",
+            f"| {LABELS[m.name]}, under attack | {a['rate']:,.0f} | "
+            f"{a['rate'] / alone if alone else 0:.0%} (of {alone:,.0f}) | "
+            f"{a['attack_flood_answered']:,} ({a['attack_flood_rate']:,.0f}/s) | "
+            f"{a['attack_slow_connections']} | {a['p50_us'] / 1000:.1f} / "
+            f"{a['p99_us'] / 1000:.1f} ms |",
+        ]
     by_name = {m.name: m for m in results}
     lines += [
         "",
@@ -695,5 +817,7 @@ if __name__ == "__main__":
     if len(sys.argv) == 6 and sys.argv[1] == "pace":
         _, _, path, port, rate, seconds = sys.argv
         print(json.dumps(pace(path, int(port), float(rate), float(seconds))))
+    elif len(sys.argv) == 4 and sys.argv[1] == "attack":
+        print(json.dumps(attack(int(sys.argv[2]), float(sys.argv[3]))))
     else:
         main()

@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import threading
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,21 +42,80 @@ class DatabaseUnavailable(Exception):
     """The database could not be reached; the message is safe to show."""
 
 
-def make_engine(url: str, **kwargs: Any) -> Engine:
+# SQLite result codes (the primary code, the low byte of the extended one) that mean the
+# database cannot take work now, whatever the statement: an outage to wait out, not a bug.
+_SQLITE_UNAVAILABLE = {
+    5,  # SQLITE_BUSY: "database is locked" (another process holds the write lock)
+    6,  # SQLITE_LOCKED
+    8,  # SQLITE_READONLY: the file or its folder became read-only
+    10,  # SQLITE_IOERR: "disk I/O error"
+    13,  # SQLITE_FULL: the disk is full
+    14,  # SQLITE_CANTOPEN: "unable to open database file"
+}
+# PostgreSQL SQLSTATE classes and codes of the same kind: 08 connection exception,
+# 53 insufficient resources (disk full, too many connections), 57P01-57P03 shutdown / starting.
+_PG_UNAVAILABLE_CLASSES = ("08", "53")
+_PG_UNAVAILABLE_CODES = {"57P01", "57P02", "57P03", "55P03"}
+_UNAVAILABLE_MARKERS = (
+    "connection refused",
+    "could not connect",
+    "unable to open database",
+    "database is locked",
+    "disk i/o error",
+    "server closed the connection",
+    "connection timeout",
+    "timeout expired",
+    "the connection is closed",
+    "the database system is shutting down",
+    "the database system is starting up",
+    "terminating connection",
+    "consuming input failed",
+    "no connection to the server",
+)
+
+
+def is_unavailable(exc: DBAPIError) -> bool:
+    """True when `exc` says the database cannot take work now (locked, a disk I/O error, a lost
+    or refused connection, a server shutting down) rather than that a statement was wrong:
+    the caller answers 503 and the work is retried later, unchanged."""
+    if exc.connection_invalidated:
+        return True
+    orig = exc.orig
+    code = getattr(orig, "sqlite_errorcode", None)
+    if isinstance(code, int) and code & 0xFF in _SQLITE_UNAVAILABLE:
+        return True
+    state = getattr(orig, "sqlstate", None)
+    if isinstance(state, str) and (
+        state[:2] in _PG_UNAVAILABLE_CLASSES or state in _PG_UNAVAILABLE_CODES
+    ):
+        return True
+    text = str(orig).lower() if orig is not None else ""
+    return any(marker in text for marker in _UNAVAILABLE_MARKERS)
+
+
+def make_engine(url: str, *, sqlite_busy_timeout_ms: int | None = None, **kwargs: Any) -> Engine:
     """An engine for `url`: SQLite gets WAL, a busy timeout and write transactions that take the
-    write lock up front (BEGIN IMMEDIATE), so concurrent writers queue instead of deadlocking."""
+    write lock up front (BEGIN IMMEDIATE), so concurrent writers queue instead of deadlocking.
+
+    `sqlite_busy_timeout_ms` (default SQLITE_BUSY_TIMEOUT_MS) is how long a statement waits
+    for another process's lock before failing with "database is locked". A new database file
+    and the folders made for it are owner-only (they hold emails, event bodies, session hashes);
+    SQLite gives its -wal and -shm files the mode of the database file."""
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
         database = parsed.database or ""
         if database and database != ":memory:" and not database.startswith("file:"):
-            Path(database).parent.mkdir(parents=True, exist_ok=True)
+            _create_owner_only(Path(database))
+        busy_ms = sqlite_busy_timeout_ms
+        if busy_ms is None:
+            busy_ms = SQLITE_BUSY_TIMEOUT_MS
         engine = create_engine(
             url,
-            connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000},
+            connect_args={"timeout": busy_ms / 1000},
             json_serializer=_dump_json,
             **kwargs,
         )
-        _configure_sqlite(engine)
+        _configure_sqlite(engine, busy_ms)
         return engine
     kwargs.setdefault("json_serializer", _dump_json)
     kwargs.setdefault("pool_pre_ping", True)
@@ -67,7 +127,17 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
     return create_engine(url, **kwargs)
 
 
-def _configure_sqlite(engine: Engine) -> None:
+def _create_owner_only(path: Path) -> None:
+    """Make the missing folders of `path` (0700) and the file itself (0600) if it is missing;
+    existing ones are left as they are."""
+    missing = [p for p in (path.parent, *path.parent.parents) if not p.exists()]
+    for folder in reversed(missing):
+        folder.mkdir(mode=0o700, exist_ok=True)
+    with suppress(FileExistsError):
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+
+
+def _configure_sqlite(engine: Engine, busy_ms: int) -> None:
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
         # Let SQLAlchemy's "begin" event below decide how transactions start.
@@ -75,7 +145,7 @@ def _configure_sqlite(engine: Engine) -> None:
         cursor = dbapi_connection.cursor()
         cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute("PRAGMA synchronous=NORMAL")
-        cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+        cursor.execute(f"PRAGMA busy_timeout={int(busy_ms)}")
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.execute("PRAGMA temp_store=MEMORY")  # statement journals off the disk
         cursor.close()

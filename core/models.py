@@ -436,3 +436,16 @@ class WebhookRejection(Base):
     reason: Mapped[str] = mapped_column(String(64), primary_key=True)
     remote_addr: Mapped[str] = mapped_column(String(64), primary_key=True)  # '' when unknown
     deliveries: Mapped[int] = mapped_column(Integer)
+
+
+# --- receiver edge (issue 11 A) -----------------------------------------------------------------
+
+
+class ReceiverHeartbeat(Base):
+    """One row per receiver name, rewritten by every /healthz: the check proves that the
+    database takes a write (and commits it), not only that it answers a SELECT."""
+
+    __tablename__ = "receiver_heartbeats"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    beat_at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -165,6 +165,18 @@ class Settings(BaseSettings):
             )
         return self.webhook_secrets
 
+    # --- receiver edge (issue 11 A): seconds; see receiver/edge.py and the README ---
+    receiver_header_timeout: float = 10.0  # a request's headers must arrive whole within this
+    receiver_body_timeout: float = 20.0  # and its body within this after them
+    receiver_db_timeout: float = 2.0  # a delivery or /healthz waits this long for the database
+
+    @field_validator("receiver_header_timeout", "receiver_body_timeout", "receiver_db_timeout")
+    @classmethod
+    def _positive_seconds(cls, value: float) -> float:
+        if value <= 0:
+            raise ValueError("must be a positive number of seconds")
+        return value
+
 
 def load_settings(**overrides: object) -> Settings:
     """Build settings from the environment (and `.env`); raise ConfigError on bad values."""

@@ -1,32 +1,38 @@
 """The public webhook receiver: read the raw body, hand it to core, answer. Nothing else.
 
-uvicorn receiver.app:app --host 127.0.0.1 --port 8000
+python -m receiver --host 127.0.0.1 --port 8000   (uvicorn with the limits of receiver/edge.py)
 """
 
 from __future__ import annotations
 
+import asyncio
 import functools
+import logging
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from sqlalchemy import Engine, text
+from sqlalchemy import Engine, update
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.middleware import Middleware
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from core.db import get_engine, is_sqlite
+from core.db import insert_ignore, make_engine, session_scope
+from core.models import ReceiverHeartbeat, utcnow
 from core.runtime import webhook_context
 from core.settings import ConfigError, Settings, get_settings
 from core.webhook import receive, signature
 from receiver.group import GroupWriter
 from receiver.metrics import Metrics
+
+# A client's own trouble (it hung up) is logged where uvicorn logs connections, at INFO.
+connection_log = logging.getLogger("uvicorn.error")
 
 
 @dataclass
@@ -34,6 +40,7 @@ class State:
     engine: Engine
     writer: GroupWriter
     metrics: Metrics
+    db_timeout: float  # seconds /healthz waits for its write
 
 
 def _state(request: Request) -> State:
@@ -44,7 +51,12 @@ def _state(request: Request) -> State:
 async def stripe_webhook(request: Request) -> Response:
     s = _state(request)
     started = time.perf_counter()
-    body, too_large = await _read_capped(request, signature.MAX_BODY_BYTES)
+    try:
+        body, too_large = await _read_capped(request, signature.MAX_BODY_BYTES)
+    except ClientDisconnect:  # the client's business, not an error of ours: one quiet line
+        peer = request.client.host if request.client else "unknown"
+        connection_log.info("webhook request from %s ended before its body was read", peer)
+        return Response(status_code=400)  # never sent: the connection is gone
     delivery = receive.Delivery(
         body,
         request.headers.get("stripe-signature"),
@@ -57,9 +69,11 @@ async def stripe_webhook(request: Request) -> Response:
 
 
 async def healthz(request: Request) -> Response:
+    """ok only when the database took and committed a write within the database timeout."""
+    s = _state(request)
     try:
-        await run_in_threadpool(_ping, _state(request).engine)
-    except Exception:
+        await asyncio.wait_for(run_in_threadpool(_heartbeat, s.engine), s.db_timeout)
+    except Exception:  # whatever failed, the answer is the same and says no more
         return JSONResponse({"status": "unhealthy", "database": "unavailable"}, 503)
     return JSONResponse({"status": "ok", "database": "ok"})
 
@@ -85,9 +99,16 @@ async def _read_capped(request: Request, limit: int) -> tuple[bytes, bool]:
     return b"".join(chunks), False
 
 
-def _ping(engine: Engine) -> None:
-    with engine.connect() as conn:
-        conn.execute(text("SELECT 1"))
+def _heartbeat(engine: Engine) -> None:
+    """Rewrite this receiver's heartbeat row and commit: a write the database must accept."""
+    with session_scope(engine) as session:
+        now = utcnow()
+        if not insert_ignore(session, ReceiverHeartbeat, {"name": "receiver", "beat_at": now}):
+            session.execute(
+                update(ReceiverHeartbeat)
+                .where(ReceiverHeartbeat.name == "receiver")
+                .values(beat_at=now)
+            )
 
 
 def create_app(settings: Settings | None = None) -> Starlette:
@@ -101,7 +122,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         except ConfigError as exc:
             refusal.append(str(exc))
             raise
-        engine = get_engine(conf.database_url)
+        engine = _engine(conf.database_url, conf.receiver_db_timeout)
         write = functools.partial(
             receive.receive_many,
             engine,
@@ -109,9 +130,13 @@ def create_app(settings: Settings | None = None) -> Starlette:
             tolerance=conf.stripe_webhook_tolerance,
             ctx=webhook_context(conf),
         )
-        writer = GroupWriter(write, on_loop=is_sqlite(engine))
-        app.state.receiver = State(engine, writer, Metrics(engine))
-        yield
+        writer = GroupWriter(write)
+        app.state.receiver = State(engine, writer, Metrics(engine), conf.receiver_db_timeout)
+        try:
+            yield
+        finally:
+            writer.close()
+            engine.dispose()
 
     return Starlette(
         routes=[
@@ -122,6 +147,15 @@ def create_app(settings: Settings | None = None) -> Starlette:
         lifespan=lifespan,
         middleware=[Middleware(CleanRefusal, refusal=refusal)],
     )
+
+
+def _engine(url: str, db_timeout: float) -> Engine:
+    """The receiver's own engine: a database that cannot take a write within `db_timeout`
+    (a lock held elsewhere, a server that does not answer) is an outage, answered 503 at once,
+    not after the default busy timeout."""
+    if url.startswith("sqlite"):
+        return make_engine(url, sqlite_busy_timeout_ms=int(db_timeout * 1000))
+    return make_engine(url, connect_args={"connect_timeout": max(1, round(db_timeout))})
 
 
 class CleanRefusal:

@@ -31,6 +31,7 @@ from sqlalchemy.exc import DataError, DBAPIError, OperationalError
 from sqlalchemy.orm import Session
 
 from core.db import JSONText, session_scope
+from core.db import is_unavailable as _is_unavailable
 from core.webhook import store
 from core.webhook.handlers import HANDLERS, Context
 from core.webhook.signature import Rejection, _reject, verify
@@ -369,21 +370,3 @@ def _rejection_only(
     except Rejection as rejection:
         return Outcome(rejection.status, "rejected", rejection.reason)
     return Outcome(failed.status, failed.result, failed.reason, event["id"])
-
-
-def _is_unavailable(exc: DBAPIError) -> bool:
-    if exc.connection_invalidated:
-        return True
-    text = str(exc.orig).lower() if exc.orig is not None else ""
-    return any(
-        marker in text
-        for marker in (
-            "connection refused",
-            "could not connect",
-            "unable to open database",
-            "server closed the connection",
-            "connection timeout",
-            "the database system is shutting down",
-            "terminating connection",
-        )
-    )

@@ -65,6 +65,9 @@ class PostgresServer:
             check=True,
             capture_output=True,
         )
+        return self._launch()
+
+    def _launch(self) -> PostgresServer:
         self.process = subprocess.Popen(
             self._cmd(
                 str(self.bindir / "postgres"),
@@ -121,7 +124,26 @@ class PostgresServer:
     def url(self, database: str = "postgres") -> str:
         return f"postgresql+psycopg://{self.user}@127.0.0.1:{self.port}/{database}"
 
+    def pause(self) -> None:
+        """Shut the server down (its connections are cut) and keep its data for `resume()`."""
+        self._shutdown()
+        if self._watchdog is not None:
+            self._watchdog.kill()
+            self._watchdog.wait()
+            self._watchdog = None
+
+    def resume(self) -> PostgresServer:
+        """Start a paused server again on the same port and data."""
+        return self._launch()
+
     def stop(self) -> None:
+        self._shutdown()
+        if self._watchdog is not None:
+            self._watchdog.kill()
+            self._watchdog.wait()
+        shutil.rmtree(self.root, ignore_errors=True)
+
+    def _shutdown(self) -> None:
         if self.process is not None and self.process.poll() is None:
             # runuser does not forward signals: ask the server itself to shut down fast.
             subprocess.run(
@@ -143,7 +165,3 @@ class PostgresServer:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
-        if self._watchdog is not None:
-            self._watchdog.kill()
-            self._watchdog.wait()
-        shutil.rmtree(self.root, ignore_errors=True)

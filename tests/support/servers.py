@@ -20,7 +20,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,7 +50,10 @@ class Running:
 def base_env(env: Mapping[str, str]) -> dict[str, str]:
     """The child's environment: only what a server needs plus `env` (nothing inherited that a
     test did not choose, e.g. no DATABASE_URL or secret of the developer's shell)."""
-    keep = {name: os.environ[name] for name in ("PATH", "HOME", "LANG", "TZ") if name in os.environ}
+    # PYTHONPATH too: the servers must run the code under test (a worktree's), not whatever
+    # copy the virtualenv's editable install points at.
+    names = ("PATH", "HOME", "LANG", "TZ", "PYTHONPATH")
+    keep = {name: os.environ[name] for name in names if name in os.environ}
     return {**keep, "PYTHONUNBUFFERED": "1", **env}
 
 
@@ -105,16 +108,18 @@ def _stop(process: subprocess.Popen[bytes]) -> None:
 
 
 @contextmanager
-def run_receiver(env: Mapping[str, str], *, workers: int = 1) -> Iterator[Running]:
-    """The real receiver (`uvicorn receiver.app:app`) with `env` (DATABASE_URL,
-    STRIPE_WEBHOOK_SECRETS, ...), ready once `GET /healthz` answers at all (200, or 503 when
-    the database is down on purpose). Stopped on exit, whatever happened."""
+def run_receiver(
+    env: Mapping[str, str], *, workers: int = 1, args: Sequence[str] = ()
+) -> Iterator[Running]:
+    """The real receiver as production starts it (`python -m receiver`: uvicorn with the edge's
+    limits) with `env` (DATABASE_URL, STRIPE_WEBHOOK_SECRETS, ...) and more uvicorn options
+    `args`, ready once `GET /healthz` answers at all (200, or 503 when the database is down on
+    purpose). Stopped on exit, whatever happened."""
     port = free_port()
     argv = [
         sys.executable,
         "-m",
-        "uvicorn",
-        "receiver.app:app",
+        "receiver",
         "--host",
         HOST,
         "--port",
@@ -124,6 +129,7 @@ def run_receiver(env: Mapping[str, str], *, workers: int = 1) -> Iterator[Runnin
         "--log-level",
         "warning",
         "--no-access-log",
+        *args,
     ]
     with _serve(argv, env, port, "/healthz", "receiver") as running:
         yield running

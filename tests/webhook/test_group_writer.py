@@ -10,18 +10,18 @@ from core.webhook.receive import Delivery, Outcome
 from receiver.group import IDLE_TURNS, MAX_GROUP, GroupWriter
 
 
-def _writer(groups: list[list[bytes]], on_loop: bool) -> GroupWriter:
+def _writer(groups: list[list[bytes]], inline: bool) -> GroupWriter:
     def write(deliveries: list[Delivery]) -> list[Outcome]:
         groups.append([d.payload for d in deliveries])
         return [Outcome(200, "processed", event_id=d.payload.decode()) for d in deliveries]
 
-    return GroupWriter(write, on_loop=on_loop)
+    return GroupWriter(write, inline=inline)
 
 
-@pytest.mark.parametrize("on_loop", [True, False], ids=["on the loop", "in a thread"])
-def test_concurrent_deliveries_share_groups_and_keep_their_own_answers(on_loop: bool) -> None:
+@pytest.mark.parametrize("inline", [True, False], ids=["on the loop", "in a thread"])
+def test_concurrent_deliveries_share_groups_and_keep_their_own_answers(inline: bool) -> None:
     groups: list[list[bytes]] = []
-    writer = _writer(groups, on_loop)
+    writer = _writer(groups, inline)
     count = MAX_GROUP * 2 + 5
 
     async def send_all() -> list[Outcome]:
@@ -38,7 +38,7 @@ def test_concurrent_deliveries_share_groups_and_keep_their_own_answers(on_loop: 
 
 def test_a_lone_delivery_is_written_at_once_by_itself() -> None:
     groups: list[list[bytes]] = []
-    writer = _writer(groups, on_loop=True)
+    writer = _writer(groups, inline=True)
 
     async def one_by_one() -> None:
         for i in range(3):
@@ -52,7 +52,7 @@ def test_deliveries_still_on_their_way_join_the_next_group() -> None:
     """Requests that need a few turns of the loop to reach the writer (reading their body)
     are waited for after a group, but not beyond IDLE_TURNS turns that bring nothing."""
     groups: list[list[bytes]] = []
-    writer = _writer(groups, on_loop=True)
+    writer = _writer(groups, inline=True)
 
     async def late(name: str, turns: int) -> Outcome:
         for _ in range(turns):
@@ -81,7 +81,7 @@ def test_a_writer_bug_answers_500_and_the_writer_keeps_working() -> None:
             raise RuntimeError("bug")
         return [Outcome(200, "processed")] * len(deliveries)
 
-    writer = GroupWriter(write, on_loop=True)
+    writer = GroupWriter(write, inline=True)
 
     async def twice() -> list[int]:
         first = await writer.submit(Delivery(b"a", None))
