@@ -154,6 +154,7 @@ def detect_period(
         )
     groups = _group(failed, flags, changes)
     incidents.assign(session, groups, {f.id: f.incident_id for f in flags}, now)
+    incidents.drop_empty(session)
     return BatchResult(len(failed), entities, flag_count, changes, len(groups))
 
 

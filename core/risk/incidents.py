@@ -107,6 +107,12 @@ def assign(
     return taken
 
 
+def drop_empty(session: Session) -> None:
+    """Remove incidents no flag points at (batch runs tidy up whatever older runs left)."""
+    holding = select(RiskFlag.id).where(RiskFlag.incident_id == RiskIncident.id).exists()
+    session.execute(delete(RiskIncident).where(~holding))
+
+
 def _copy_review(session: Session, source: int, target: int) -> None:
     old = session.get(RiskIncident, source)
     if old is not None and old.reviewed_by is not None:
