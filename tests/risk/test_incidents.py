@@ -47,7 +47,7 @@ def stored(engine: Engine) -> Partition:
             groups.setdefault(r.incident_id, set()).add(key)
         assert None not in groups, "every flag belongs to an incident"
         incidents = session.execute(select(RiskIncident)).scalars().all()
-        assert sorted(i.id for i in incidents) == sorted(groups)  # none empty, none missing
+        assert sorted(i.id for i in incidents) == sorted(g for g in groups if g is not None)
         for incident in incidents:
             assert incident.flags == len(groups[incident.id])
     return {frozenset(g) for g in groups.values()}
