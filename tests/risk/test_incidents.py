@@ -7,13 +7,15 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import Engine, delete, select, update
 
+from core.auth.permissions import Actor
 from core.db import session_scope
-from core.models import PaymentAttempt, RiskFlag, RiskIncident
-from core.risk import batch, detector, hook
+from core.models import AuditEntry, PaymentAttempt, RiskFlag, RiskIncident
+from core.risk import batch, detector, hook, reviews
 from core.risk.detector import Attempt, Rules
 from core.webhook.handlers import Context, record_attempt
 from tests.risk.test_bursts import streams
@@ -160,3 +162,58 @@ def test_batch_splits_an_incident_whose_link_is_gone(sqlite_engine: Engine) -> N
         batch.detect_period(session, RULES)
     assert stored(sqlite_engine) == reference(attempts, RULES)
     assert len(reference(attempts, RULES)) == 2
+
+
+# --- Review of an incident ---------------------------------------------------------------------
+
+FINANCE = Actor("finance", "finance")
+
+
+def one_attack(engine: Engine) -> tuple[int, frozenset[int]]:
+    attempts = [
+        Attempt(f"x{i}", T0 + timedelta(minutes=i), f"fp{i}", "cus_x", "x@example.com", "ip_x")
+        for i in range(3)
+    ]
+    stream_in(engine, attempts, RULES)
+    with session_scope(engine, write=False) as session:
+        (incident,) = reviews.list_incidents(session)
+        return incident.id, frozenset(f.id for f in reviews.incident_flags(session, incident.id))
+
+
+def test_a_review_closes_every_flag_once_and_a_double_submit_changes_nothing(
+    sqlite_engine: Engine,
+) -> None:
+    """Issue 13 finding 2 (double click on "Confirm attack" saved nothing): a second submission
+    of the same review, even with the note cleared, is a no-op, not an error or a second entry."""
+    incident_id, seen = one_attack(sqlite_engine)
+    assert len(seen) == 6  # email, IP, customer: each a burst and card testing
+    for note, changed in (("Issuer confirmed.", True), ("", False)):
+        with session_scope(sqlite_engine) as session:
+            _incident, did = reviews.review_incident(
+                session, FINANCE, incident_id, "confirm", note, seen
+            )
+        assert did is changed
+    with session_scope(sqlite_engine, write=False) as session:
+        flags = reviews.incident_flags(session, incident_id)
+        assert {f.status for f in flags} == {"confirmed"}
+        entries = session.execute(select(AuditEntry)).scalars().all()
+        assert [(e.action, e.target) for e in entries] == [
+            ("risk.incident_confirmed", f"risk_incident:{incident_id}")
+        ]
+        assert sorted(entries[0].details["flags"]) == sorted(seen)
+    with session_scope(sqlite_engine) as session, pytest.raises(reviews.ReviewError):
+        reviews.review_incident(session, FINANCE, incident_id, "dismiss", "no", seen)
+
+
+def test_a_review_of_an_incident_that_changed_since_shown_writes_nothing(
+    sqlite_engine: Engine,
+) -> None:
+    incident_id, seen = one_attack(sqlite_engine)
+    with (
+        session_scope(sqlite_engine) as session,
+        pytest.raises(reviews.ReviewError, match="changed"),
+    ):
+        reviews.review_incident(session, FINANCE, incident_id, "dismiss", "n", seen - {min(seen)})
+    with session_scope(sqlite_engine, write=False) as session:
+        assert reviews.open_incident_count(session) == 1
+        assert session.execute(select(AuditEntry)).first() is None
