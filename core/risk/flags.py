@@ -27,11 +27,18 @@ from core.settings import Settings
 log = logging.getLogger(__name__)
 
 
+# A promotion code is shared by every buyer using it: see core.risk.rules for why 12.
+PROMOTION_CODE_THRESHOLD = 12
+
+
 def rules_from(settings: Settings) -> Rules:
-    """The default rule set, seeded from BURST_THRESHOLD / BURST_WINDOW_MINUTES."""
+    """The default rule set, seeded from BURST_THRESHOLD / BURST_WINDOW_MINUTES (the live set
+    is core.risk.rules.live once an admin saved one)."""
+    window = timedelta(minutes=settings.burst_window_minutes)
     return Rules(
         threshold=settings.burst_threshold,
-        window=timedelta(minutes=settings.burst_window_minutes),
+        window=window,
+        overrides=(("promotion_code", "burst", PROMOTION_CODE_THRESHOLD, window),),
     )
 
 

@@ -47,7 +47,8 @@ def attempt_hook(
     live rule set, core.risk.rules.live)."""
 
     def hook(session: Session, attempt: RecordedAttempt) -> None:
-        on_attempt(session, attempt, rules if isinstance(rules, Rules) else rules(session))
+        if attempt.outcome == "failed":  # a success adds nothing: no need to load the rules
+            on_attempt(session, attempt, rules if isinstance(rules, Rules) else rules(session))
 
     return hook
 
