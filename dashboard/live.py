@@ -28,7 +28,11 @@ from core.console.stripe_api import (
 from core.db import get_engine, session_scope
 from core.models import PaymentAttempt, RiskFlag, RiskIncident
 from core.money import format_minor, to_major
-from core.risk import reviews
+from core.risk import backtest, reviews
+from core.risk import rules as risk_rules
+from core.risk.backtest import Backtest, FlagKey
+from core.risk.detector import Rules
+from core.risk.rules import RulesError, build
 from core.runtime import webhook_context
 from core.settings import Settings, get_settings
 from dashboard import data
@@ -577,3 +581,92 @@ def review_incident(
         f"Incident #{incident_id} {status} with its {len(seen_flags)} flags. "
         "The review is in the audit log."
     )
+
+
+RULE_COLUMNS = ["entity", "pattern", "threshold (failures)", "window (minutes)"]
+
+
+@dataclass(frozen=True)
+class RulesState:
+    version: int  # 0: the defaults (BURST_THRESHOLD / BURST_WINDOW_MINUTES) are live
+    table: pd.DataFrame
+    allow: str  # one "kind: value" per line
+
+
+def _parse_rules(table: pd.DataFrame, allow: str) -> Rules:
+    rows = [
+        (str(r.iloc[0]), str(r.iloc[1]), int(r.iloc[2]), int(r.iloc[3]))
+        for _i, r in table.iterrows()
+    ]
+    entries = []
+    for line in allow.splitlines():
+        if line.strip():
+            kind, sep, value = line.partition(":")
+            if not sep:
+                raise RulesError(f"Allow list line {line.strip()!r}: write it as kind: value.")
+            entries.append((kind.strip(), value.strip()))
+    return build(rows, entries)
+
+
+@shown
+def rules_state(actor: Actor) -> RulesState:
+    require(actor, "risk.rules")
+    with session_scope(get_engine(), write=False) as session:
+        version, live_rules = risk_rules.live(session, get_settings())
+    table = pd.DataFrame(risk_rules.rule_table(live_rules), columns=RULE_COLUMNS)
+    allow = "\n".join(f"{k}: {v}" for k, v in sorted(live_rules.allow))
+    return RulesState(version, table, allow)
+
+
+@shown
+def run_backtest(
+    actor: Actor, table: pd.DataFrame, allow: str, since: datetime, until: datetime
+) -> Backtest | str:
+    """The backtest of the edited rules against the live ones (reads only), or what is wrong."""
+    require(actor, "risk.rules")
+    try:
+        proposed = _parse_rules(table, allow)
+    except (RulesError, ValueError) as exc:
+        return str(exc)
+    with session_scope(get_engine(), write=False) as session:
+        _version, current = risk_rules.live(session, get_settings())
+        return backtest.backtest(session, current, proposed, since, until)
+
+
+def flag_rows(keys: list[FlagKey], actor: Actor) -> pd.DataFrame:
+    return pd.DataFrame(
+        [
+            {
+                "entity": _entity_label(k, v, actor),
+                "pattern": PATTERN_LABELS.get(p, p),
+                "from (UTC)": f"{a:%Y-%m-%d %H:%M}",
+                "to (UTC)": f"{b:%Y-%m-%d %H:%M}",
+            }
+            for k, v, p, a, b in keys
+        ],
+        columns=["entity", "pattern", "from (UTC)", "to (UTC)"],
+    )
+
+
+@shown
+def save_rules(
+    actor: Actor, table: pd.DataFrame, allow: str, note: str, base_version: int
+) -> tuple[bool, str]:
+    """Save the edited rules as a new version (the one edited must still be live)."""
+    try:
+        proposed = _parse_rules(table, allow)
+        with session_scope(get_engine()) as session:
+            saved = backtest.save(session, actor, get_settings(), proposed, note, base_version)
+    except (PermissionDenied, RulesError, ValueError) as exc:
+        return False, str(exc)
+    data.clear()
+    if not saved.changed:
+        return True, f"These rules are already live (version {saved.version}): nothing changed."
+    counts = saved.result.changes if saved.result else None
+    what = (
+        f" Flags re-derived: {len(counts.created)} new, {len(counts.updated)} updated, "
+        f"{len(counts.removed)} removed."
+        if counts
+        else ""
+    )
+    return True, f"Rules version {saved.version} saved and live.{what} The change is audited."

@@ -11,7 +11,7 @@ leaving ordinary traffic out."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import timedelta
 from typing import Any
 
@@ -45,7 +45,7 @@ def rule_table(rules: Rules) -> list[tuple[str, Pattern, int, int]]:
     return rows
 
 
-def build(table: list[tuple[str, str, int, int]], allow: list[tuple[str, str]]) -> Rules:
+def build(table: Sequence[tuple[str, str, int, int]], allow: Sequence[tuple[str, str]]) -> Rules:
     """A rule set from a full table of (kind, pattern, threshold, window minutes) and an allow
     list; refuses unknown kinds or patterns and nonsense values."""
     overrides = []
