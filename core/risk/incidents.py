@@ -81,12 +81,13 @@ def assign(
     groups: Sequence[Sequence[int]],
     current: Mapping[int, int | None],
     now: datetime,
+    also: Iterable[int] = (),
 ) -> set[int]:
     """Give each group of flag ids one incident: the oldest incident any of its flags has that
     no earlier group took, else a new one (a split keeps the review of the incident it came
     from). Returns the incidents touched."""
     taken: set[int] = set()
-    touched: set[int] = {i for i in current.values() if i is not None}
+    touched: set[int] = {i for i in current.values() if i is not None} | set(also)
     for group in sorted(groups, key=min):
         had = sorted({i for f in group if (i := current.get(f)) is not None})
         free = [i for i in had if i not in taken]
@@ -213,6 +214,7 @@ def regroup(
     now = now or utcnow()
     start = set(flag_ids)
     incidents = set(incident_ids)
+    involved = set(incidents)
     flags: dict[int, store.FlagRow] = {}
     members: dict[int, set[str]] = {}
     pending = set(start)
@@ -250,4 +252,4 @@ def regroup(
         pending = {f for f in reached if f not in flags}
         incidents = {f.incident_id for f in fresh if f.incident_id is not None}
     current = {f.id: f.incident_id for f in flags.values()}
-    assign(session, detector.components(members), current, now)
+    assign(session, detector.components(members), current, now, involved)
