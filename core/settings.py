@@ -69,6 +69,8 @@ class Settings(BaseSettings):
     burst_threshold: int = 4
     alert_webhook_url: str | None = None
     sentry_dsn: SecretStr | None = None
+    # issue 14: the dashboard's address, put in front of the links in alert messages
+    dashboard_url: str | None = None
 
     @field_validator("stripe_webhook_secrets", mode="before")
     @classmethod
