@@ -63,6 +63,12 @@ st.dataframe(
 )
 
 by_label = {i.label: i.id for i in found}
+# An alert links here as ?incident=N: open on that incident when it is in the list.
+linked = st.query_params.get("incident")
+target = next((i.label for i in found if str(i.id) == linked), None)
+if target is not None and st.session_state.get("_risk_linked") != linked:
+    st.session_state["_risk_linked"] = linked  # once: the reviewer may then choose another
+    st.session_state["risk_incident"] = target
 chosen = st.selectbox("Incident", list(by_label), key="risk_incident")
 detail = views.incident_detail(actor, by_label[chosen]) if chosen else None
 if detail is None:

@@ -191,3 +191,17 @@ def test_no_incidents(sqlite_url: str) -> None:
     at = app_as("finance", sqlite_url, page="pages/risk.py")
     assert not at.exception
     assert [s.value for s in at.success] == ["No open incident."]
+
+
+def test_an_alert_link_opens_its_incident(sqlite_url: str) -> None:
+    """Issue 14: alert messages link to /risk?incident=N; the page opens on incident N."""
+    raise_two_attacks(sqlite_url)
+    at = app_as("finance", sqlite_url, page="pages/risk.py")
+    other = [
+        int(o.split(" ")[0][1:])
+        for o in at.selectbox[0].options
+        if str(shown_id(at)) not in o.split(" ")[0]
+    ]
+    at.query_params["incident"] = str(other[0])
+    at.run()
+    assert shown_id(at) == other[0]
