@@ -329,6 +329,8 @@ class RiskFlag(Base):
     reviewed_by: Mapped[str | None] = mapped_column(String(255))
     reviewed_at: Mapped[datetime | None]
     note: Mapped[str | None] = mapped_column(Text)
+    # The incident this flag belongs to (flags sharing attempts); see core.risk.incidents.
+    incident_id: Mapped[int | None] = mapped_column(Integer, index=True)
 
 
 class Alert(Base):
@@ -449,3 +451,37 @@ class ReceiverHeartbeat(Base):
 
     name: Mapped[str] = mapped_column(String(64), primary_key=True)
     beat_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+# --- Risk: incidents and rules (issue 14) ------------------------------------------------------
+
+
+class RiskIncident(Base):
+    """Flags that share attempts (one attack seen through several entities), reviewed once."""
+
+    __tablename__ = "risk_incidents"
+    __table_args__ = (Index("ix_risk_incidents_status", "status", "last_seen"),)
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    status: Mapped[str] = mapped_column(String(16), default="open")  # open|confirmed|dismissed
+    first_seen: Mapped[datetime]
+    last_seen: Mapped[datetime]
+    flags: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+    reviewed_by: Mapped[str | None] = mapped_column(String(255))
+    reviewed_at: Mapped[datetime | None]
+    note: Mapped[str | None] = mapped_column(Text)
+
+
+class RiskRuleSet(Base):
+    """One saved version of the detection rules; the highest version is live."""
+
+    __tablename__ = "risk_rule_sets"
+
+    version: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    created_by: Mapped[str] = mapped_column(String(255))
+    note: Mapped[str | None] = mapped_column(Text)
+    # {"rules": [{"kind", "pattern", "threshold", "window_minutes"}], "allow": [[kind, value]]}
+    body: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)

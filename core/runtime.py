@@ -3,7 +3,7 @@ once from its settings."""
 
 from __future__ import annotations
 
-from core.risk import flags, hook
+from core.risk import hook, rules
 from core.settings import Settings
 from core.webhook.handlers import Context
 
@@ -12,5 +12,5 @@ def webhook_context(settings: Settings) -> Context:
     """The handler context for this deployment's settings."""
     return Context(
         expected_livemode=settings.expected_livemode,
-        on_attempt=(hook.attempt_hook(flags.rules_from(settings)),),
+        on_attempt=(hook.attempt_hook(rules.live_loader(settings)),),
     )

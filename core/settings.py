@@ -74,6 +74,9 @@ class Settings(BaseSettings):
     retention_rejection_samples_days: int = 30
     retention_event_bodies_days: int = 90
 
+    # issue 14: the dashboard's address, put in front of the links in alert messages
+    dashboard_url: str | None = None
+
     @field_validator("stripe_webhook_secrets", mode="before")
     @classmethod
     def _split_secrets(cls, value: object) -> object:

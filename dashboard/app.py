@@ -37,6 +37,7 @@ PAGES: tuple[PageSpec, ...] = (
     PageSpec("payments.py", "Payments", "metrics.view", ":material/payments:"),
     PageSpec("webhooks.py", "Webhooks", "metrics.view", ":material/webhook:"),
     PageSpec("risk.py", "Risk", "risk.review", ":material/gpp_maybe:"),
+    PageSpec("rules.py", "Risk rules", "risk.rules", ":material/tune:"),
     PageSpec("promotions.py", "Promotion codes", "promotions.view", ":material/sell:"),
     PageSpec("fulfillment.py", "Manual fulfillment", "fulfillment.request", ":material/inventory:"),
     PageSpec("operations.py", "Reconcile & replay", "events.replay", ":material/sync:"),

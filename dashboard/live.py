@@ -26,9 +26,13 @@ from core.console.stripe_api import (
     new_token,
 )
 from core.db import get_engine, session_scope
-from core.models import PaymentAttempt, RiskFlag
+from core.models import PaymentAttempt, RiskFlag, RiskIncident
 from core.money import format_minor, to_major
-from core.risk import reviews
+from core.risk import backtest, reviews
+from core.risk import rules as risk_rules
+from core.risk.backtest import Backtest, FlagKey
+from core.risk.detector import Rules
+from core.risk.rules import RulesError, build
 from core.runtime import webhook_context
 from core.settings import Settings, get_settings
 from dashboard import data
@@ -469,3 +473,212 @@ def retention_status(actor: Actor) -> tuple[retention.Policy, retention.LastRun 
         return None
     with session_scope(get_engine(), write=False) as session:
         return retention.Policy.of(get_settings()), retention.last_run(session, actor)
+
+
+# --- Risk incidents and rules (issue 14) -------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class IncidentView:
+    id: int
+    status: str
+    first_seen: datetime
+    last_seen: datetime
+    flags: int
+    entities: list[str]  # "Kind: value" as this actor may see them
+    reviewed_by: str | None
+    note: str | None
+
+    @property
+    def label(self) -> str:
+        shown = ", ".join(self.entities[:3]) + (" …" if len(self.entities) > 3 else "")
+        return (
+            f"#{self.id} · {shown} · {self.flags} flags · "
+            f"{self.first_seen:%Y-%m-%d %H:%M}–{self.last_seen:%H:%M} UTC"
+        )
+
+
+@dataclass(frozen=True)
+class IncidentDetail:
+    incident: IncidentView
+    flags: list[FlagView]
+    attempts: pd.DataFrame  # the failed attempts behind any of its flags, once each
+    timeline: pd.DataFrame  # every attempt of its entities around the incident
+    amounts: dict[str, str]  # currency -> total failed amount, formatted
+    cards: int
+    order_ids: list[int]
+
+    @property
+    def flag_ids(self) -> frozenset[int]:
+        return frozenset(f.id for f in self.flags)
+
+
+def _entity_label(kind: str, value: str, actor: Actor) -> str:
+    return f"{KIND_LABELS.get(kind, kind)}: {reviews.display_value(kind, value, actor)}"
+
+
+def _incident_view(incident: RiskIncident, flags: list[RiskFlag], actor: Actor) -> IncidentView:
+    entities = sorted({_entity_label(f.entity_kind, f.entity_value, actor) for f in flags})
+    return IncidentView(
+        incident.id,
+        incident.status,
+        incident.first_seen,
+        incident.last_seen,
+        incident.flags,
+        entities,
+        incident.reviewed_by,
+        incident.note,
+    )
+
+
+@shown
+def incidents(actor: Actor, status: str | None = "open") -> list[IncidentView]:
+    require(actor, "risk.review")
+    with session_scope(get_engine(), write=False) as session:
+        return [
+            _incident_view(i, reviews.incident_flags(session, i.id), actor)
+            for i in reviews.list_incidents(session, status)
+        ]
+
+
+@shown
+def incident_detail(actor: Actor, incident_id: int) -> IncidentDetail | None:
+    require(actor, "risk.review")
+    with session_scope(get_engine(), write=False) as session:
+        incident = session.get(RiskIncident, incident_id)
+        if incident is None:
+            return None
+        flags = reviews.incident_flags(session, incident_id)
+        behind = reviews.incident_attempts(session, flags)
+        around: dict[str, PaymentAttempt] = {}
+        for flag in flags:
+            for a in reviews.entity_timeline(session, flag):
+                around.setdefault(a.id, a)
+        totals: dict[str, int] = {}
+        for a in behind:
+            if a.currency:
+                totals[a.currency] = totals.get(a.currency, 0) + a.amount
+        return IncidentDetail(
+            _incident_view(incident, flags, actor),
+            [_view(f, actor) for f in flags],
+            _attempts_frame(behind, actor),
+            _attempts_frame(sorted(around.values(), key=lambda a: (a.created, a.id)), actor),
+            {c.upper(): format_minor(v, c) for c, v in sorted(totals.items())},
+            len({a.card_fingerprint for a in behind if a.card_fingerprint}),
+            sorted({a.order_id for a in behind if a.order_id is not None}),
+        )
+
+
+@shown
+def review_incident(
+    actor: Actor,
+    incident_id: int,
+    decision: reviews.Decision,
+    note: str,
+    seen_flags: frozenset[int],
+) -> tuple[bool, str]:
+    """Apply the review to incident `incident_id` (the one shown); (ok, message to show)."""
+    try:
+        with session_scope(get_engine()) as session:
+            incident, changed = reviews.review_incident(
+                session, actor, incident_id, decision, note, seen_flags
+            )
+            status = incident.status
+    except (PermissionDenied, reviews.ReviewError) as exc:
+        return False, str(exc)
+    data.clear()  # the Overview's open counts change
+    if not changed:
+        return True, f"Incident #{incident_id} was already {status} by you: nothing changed."
+    return True, (
+        f"Incident #{incident_id} {status} with its {len(seen_flags)} flags. "
+        "The review is in the audit log."
+    )
+
+
+RULE_COLUMNS = ["entity", "pattern", "threshold (failures)", "window (minutes)"]
+
+
+@dataclass(frozen=True)
+class RulesState:
+    version: int  # 0: the defaults (BURST_THRESHOLD / BURST_WINDOW_MINUTES) are live
+    table: pd.DataFrame
+    allow: str  # one "kind: value" per line
+
+
+def _parse_rules(table: pd.DataFrame, allow: str) -> Rules:
+    rows = [
+        (str(r.iloc[0]), str(r.iloc[1]), int(r.iloc[2]), int(r.iloc[3]))
+        for _i, r in table.iterrows()
+    ]
+    entries = []
+    for line in allow.splitlines():
+        if line.strip():
+            kind, sep, value = line.partition(":")
+            if not sep:
+                raise RulesError(f"Allow list line {line.strip()!r}: write it as kind: value.")
+            entries.append((kind.strip(), value.strip()))
+    return build(rows, entries)
+
+
+@shown
+def rules_state(actor: Actor) -> RulesState:
+    require(actor, "risk.rules")
+    with session_scope(get_engine(), write=False) as session:
+        version, live_rules = risk_rules.live(session, get_settings())
+    table = pd.DataFrame(risk_rules.rule_table(live_rules), columns=RULE_COLUMNS)
+    allow = "\n".join(f"{k}: {v}" for k, v in sorted(live_rules.allow))
+    return RulesState(version, table, allow)
+
+
+@shown
+def run_backtest(
+    actor: Actor, table: pd.DataFrame, allow: str, since: datetime, until: datetime
+) -> Backtest | str:
+    """The backtest of the edited rules against the live ones (reads only), or what is wrong."""
+    require(actor, "risk.rules")
+    try:
+        proposed = _parse_rules(table, allow)
+    except (RulesError, ValueError) as exc:
+        return str(exc)
+    with session_scope(get_engine(), write=False) as session:
+        _version, current = risk_rules.live(session, get_settings())
+        return backtest.backtest(session, current, proposed, since, until)
+
+
+def flag_rows(keys: list[FlagKey], actor: Actor) -> pd.DataFrame:
+    return pd.DataFrame(
+        [
+            {
+                "entity": _entity_label(k, v, actor),
+                "pattern": PATTERN_LABELS.get(p, p),
+                "from (UTC)": f"{a:%Y-%m-%d %H:%M}",
+                "to (UTC)": f"{b:%Y-%m-%d %H:%M}",
+            }
+            for k, v, p, a, b in keys
+        ],
+        columns=["entity", "pattern", "from (UTC)", "to (UTC)"],
+    )
+
+
+@shown
+def save_rules(
+    actor: Actor, table: pd.DataFrame, allow: str, note: str, base_version: int
+) -> tuple[bool, str]:
+    """Save the edited rules as a new version (the one edited must still be live)."""
+    try:
+        proposed = _parse_rules(table, allow)
+        with session_scope(get_engine()) as session:
+            saved = backtest.save(session, actor, get_settings(), proposed, note, base_version)
+    except (PermissionDenied, RulesError, ValueError) as exc:
+        return False, str(exc)
+    data.clear()
+    if not saved.changed:
+        return True, f"These rules are already live (version {saved.version}): nothing changed."
+    counts = saved.result.changes if saved.result else None
+    what = (
+        f" Flags re-derived: {len(counts.created)} new, {len(counts.updated)} updated, "
+        f"{len(counts.removed)} removed."
+        if counts
+        else ""
+    )
+    return True, f"Rules version {saved.version} saved and live.{what} The change is audited."

@@ -1,4 +1,5 @@
-"""Risk: open flags of suspicious failed payments, the evidence behind one, and its review."""
+"""Risk: incidents (flags that share attempts: one attack seen through its cards, IP address,
+email, customer, promotion code), the evidence behind one, and its review."""
 
 from __future__ import annotations
 
@@ -12,19 +13,78 @@ actor = require("risk.review")
 st.set_page_config(layout="wide")
 st.title("Risk")
 st.caption(
-    "Bursts of failed payments for one card, customer, email, IP address or promotion code, "
-    "and card testing (many cards failing for one buyer), counted in Stripe's time. Confirm "
-    "an attack or dismiss a false alarm, with a note: every review is audited."
+    "Incidents: bursts of failed payments and card testing (many cards failing for one buyer), "
+    "grouped when they share attempts, counted in Stripe's time. Confirm an attack or dismiss "
+    "a false alarm, with a note: one review closes all the incident's flags and is audited."
 )
+
+# The outcome of the review submitted on the previous run (set by its callback).
+outcome = st.session_state.pop("risk_review_outcome", None)
+if outcome is not None:
+    (st.success if outcome[0] else st.error)(outcome[1])
+
+
+def submit(incident_id: int, decision: str, seen: frozenset[int], note_key: str) -> None:
+    """Runs before the rerun, with the incident id bound when its form was drawn: the review
+    lands on the incident shown, whatever the list looks like afterwards."""
+    note = str(st.session_state.get(note_key) or "")
+    st.session_state["risk_review_outcome"] = views.review_incident(
+        actor,
+        incident_id,
+        "confirm" if decision == "confirm" else "dismiss",
+        note,
+        seen,
+    )
+
 
 show = st.segmented_control(
     "Show", ["Open", "Confirmed", "Dismissed"], default="Open", key="risk_status"
 )
 status = (show or "Open").lower()
-flags = views.flags(actor, status)
-if not flags:
-    st.success("No open flag." if status == "open" else f"No {status} flag.")
+found = views.incidents(actor, status)
+if not found:
+    st.success("No open incident." if status == "open" else f"No {status} incident.")
     st.stop()
+
+st.dataframe(
+    [
+        {
+            "incident": f"#{i.id}",
+            "entities": "; ".join(i.entities),
+            "flags": i.flags,
+            "from (UTC)": f"{i.first_seen:%Y-%m-%d %H:%M:%S}",
+            "to (UTC)": f"{i.last_seen:%Y-%m-%d %H:%M:%S}",
+            "reviewed by": i.reviewed_by,
+        }
+        for i in found
+    ],
+    hide_index=True,
+    key="risk_incidents",
+)
+
+by_label = {i.label: i.id for i in found}
+# An alert links here as ?incident=N: open on that incident when it is in the list.
+linked = st.query_params.get("incident")
+target = next((i.label for i in found if str(i.id) == linked), None)
+if target is not None and st.session_state.get("_risk_linked") != linked:
+    st.session_state["_risk_linked"] = linked  # once: the reviewer may then choose another
+    st.session_state["risk_incident"] = target
+chosen = st.selectbox("Incident", list(by_label), key="risk_incident")
+detail = views.incident_detail(actor, by_label[chosen]) if chosen else None
+if detail is None:
+    st.warning("This incident no longer exists: it was merged into another one. Refresh.")
+    st.stop()
+
+incident = detail.incident
+st.subheader(f"Incident #{incident.id}")
+flags_m, attempts_m, cards_m, span_m = st.columns(4)
+flags_m.metric("Flags", len(detail.flags))
+attempts_m.metric("Failed attempts", len(detail.attempts))
+cards_m.metric("Distinct cards", detail.cards)
+minutes = (incident.last_seen - incident.first_seen).total_seconds() / 60
+span_m.metric("Within", f"{minutes:.0f} min")
+if detail.amounts:
+    st.text("Failed amounts: " + ", ".join(detail.amounts.values()))
 
 st.dataframe(
     [
@@ -36,75 +96,76 @@ st.dataframe(
             "cards": f.distinct_cards,
             "from (UTC)": f"{f.window_start:%Y-%m-%d %H:%M:%S}",
             "to (UTC)": f"{f.window_end:%Y-%m-%d %H:%M:%S}",
-            "reviewed by": f.reviewed_by,
+            "status": f.status,
         }
-        for f in flags
+        for f in detail.flags
     ],
     hide_index=True,
     key="risk_flags",
 )
 
-by_label = {f.label: f.id for f in flags}
-chosen = st.selectbox("Flag", list(by_label), key="risk_flag")
-detail = views.detail(actor, by_label[chosen]) if chosen else None
-if detail is None:
-    st.warning("This flag no longer exists: it was merged into another one. Refresh the list.")
-    st.stop()
-
-flag = detail.flag
-failures, cards, span = st.columns(3)
-failures.metric("Failed attempts", flag.failures)
-cards.metric("Distinct cards", flag.distinct_cards)
-minutes = (flag.window_end - flag.window_start).total_seconds() / 60
-span.metric("Within", f"{minutes:.0f} min")
-
-st.subheader("Timeline of the entity's attempts")
+st.subheader("Timeline of the entities' attempts")
 timeline = detail.timeline
-figure = go.Figure()
-for outcome, color in (("failed", "#c62828"), ("succeeded", "#2e7d32")):
-    part = timeline[timeline["outcome"] == outcome]
-    figure.add_trace(
-        go.Scatter(
-            x=part["time (UTC)"],
-            y=part["amount"],
-            mode="markers",
-            name=outcome,
-            marker={"color": color, "size": 9},
-            text=part["decline"],
-            hovertemplate="%{x}<br>%{y}<br>%{text}<extra></extra>",
+# One chart per currency: amounts of different currencies never share an axis.
+for currency in sorted(c for c in timeline["currency"].dropna().unique()):
+    part_c = timeline[timeline["currency"] == currency]
+    figure = go.Figure()
+    for outcome_name, color in (("failed", "#c62828"), ("succeeded", "#2e7d32")):
+        part = part_c[part_c["outcome"] == outcome_name]
+        figure.add_trace(
+            go.Scatter(
+                x=part["time (UTC)"],
+                y=part["amount"],
+                mode="markers",
+                name=outcome_name,
+                marker={"color": color, "size": 9},
+                text=part["decline"],
+                hovertemplate="%{x}<br>%{y}<br>%{text}<extra></extra>",
+            )
         )
+    figure.add_vrect(
+        x0=incident.first_seen,
+        x1=incident.last_seen,
+        fillcolor="#c62828",
+        opacity=0.08,
+        line_width=0,
+        annotation_text="incident",
     )
-figure.add_vrect(
-    x0=flag.window_start,
-    x1=flag.window_end,
-    fillcolor="#c62828",
-    opacity=0.08,
-    line_width=0,
-    annotation_text="flagged window",
-)
-figure.update_layout(height=320, margin={"l": 10, "r": 10, "t": 30, "b": 10}, yaxis_title="amount")
-st.plotly_chart(figure, key="risk_timeline")
+    figure.update_layout(
+        height=300,
+        margin={"l": 10, "r": 10, "t": 30, "b": 10},
+        yaxis_title=f"amount ({currency})",
+        title=str(currency),
+    )
+    st.plotly_chart(figure, key=f"risk_timeline_{currency}")
 
-st.subheader("Attempts behind the flag")
+st.subheader("Attempts behind the incident")
 st.dataframe(detail.attempts, hide_index=True, key="risk_attempts")
 if detail.order_ids:
-    st.markdown(
+    st.text(
         "Orders: "
-        + ", ".join(f"**{order_id}**" for order_id in detail.order_ids)
+        + ", ".join(str(order_id) for order_id in detail.order_ids)
         + " (open them on the Orders page by id)."
     )
 else:
     st.caption("No order is linked to these attempts (failed before checkout completed).")
 
-st.subheader("Review")
-if flag.status != "open":
-    st.info(f"{flag.status.capitalize()} by {flag.reviewed_by}: {flag.note}")
+st.subheader(f"Review incident #{incident.id}")
+if incident.status != "open":
+    st.info(f"{incident.status.capitalize()} by {incident.reviewed_by}.")
+    st.text(incident.note or "")
 else:
-    with st.form("risk_review", clear_on_submit=True):
-        note = st.text_area("Note (what you checked)", key="risk_note", max_chars=2000)
+    note_key = f"risk_note_{incident.id}"
+    with st.form(f"risk_review_{incident.id}", clear_on_submit=True):
+        st.text_area("Note (what you checked)", key=note_key, max_chars=2000)
         confirm, dismiss = st.columns(2)
-        confirmed = confirm.form_submit_button("Confirm attack", type="primary")
-        dismissed = dismiss.form_submit_button("Dismiss")
-    if confirmed or dismissed:
-        ok, message = views.review(actor, flag.id, "confirm" if confirmed else "dismiss", note)
-        (st.success if ok else st.error)(message)
+        for column, label, decision, kind in (
+            (confirm, "Confirm attack", "confirm", "primary"),
+            (dismiss, "Dismiss", "dismiss", "secondary"),
+        ):
+            column.form_submit_button(
+                label,
+                type=kind,  # type: ignore[arg-type]
+                on_click=submit,
+                args=(incident.id, decision, detail.flag_ids, note_key),
+            )

@@ -19,6 +19,7 @@ PERMISSIONS: dict[str, frozenset[str]] = {
     "emails.view_full": frozenset({"support", "admin"}),
     "metrics.view": frozenset({"finance", "admin"}),
     "risk.review": frozenset({"finance", "admin"}),
+    "risk.rules": frozenset({"admin"}),  # edit the detection rules (issue 14)
     "fulfillment.request": frozenset({"support", "admin"}),
     "fulfillment.approve": frozenset({"admin"}),
     "promotions.view": frozenset({"support", "finance", "admin"}),

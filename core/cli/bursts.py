@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 
 from core.console import alerts
 from core.db import get_engine, session_scope
-from core.risk import batch, flags
+from core.risk import batch, rules
 from core.settings import get_settings
 
 
@@ -43,7 +43,8 @@ def run(args: argparse.Namespace) -> int:
     engine = get_engine(settings.database_url)
     started = time.perf_counter()
     with session_scope(engine) as session:
-        result = batch.detect_period(session, flags.rules_from(settings), args.since, args.until)
+        _version, live = rules.live(session, settings)
+        result = batch.detect_period(session, live, args.since, args.until)
     elapsed = time.perf_counter() - started
     changes = result.changes
     print(

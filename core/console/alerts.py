@@ -1,4 +1,4 @@
-"""Alerts: a new risk flag, a decline-rate spike, a webhook failure or retry spike.
+"""Alerts: a new risk incident, a decline-rate spike, a webhook failure or retry spike.
 
 `run()` is called by `python -m core alerts` (cron, every few minutes), by `python -m core
 bursts`, and by anything else that runs periodically: never on the webhook path. A flag raised
@@ -34,7 +34,15 @@ from sqlalchemy.orm import Session
 from core.auth import audit
 from core.auth.permissions import SYSTEM
 from core.db import insert_ignore, session_scope
-from core.models import Alert, PaymentAttempt, RiskFlag, WebhookDelivery, WebhookRejection, utcnow
+from core.models import (
+    Alert,
+    PaymentAttempt,
+    RiskFlag,
+    RiskIncident,
+    WebhookDelivery,
+    WebhookRejection,
+    utcnow,
+)
 from core.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -173,7 +181,7 @@ def _pct(rate: Rate) -> str:
     return f"{rate.value:.0%} of {rate.total}"
 
 
-def firing_conditions(session: Session, now: datetime) -> list[Firing]:
+def firing_conditions(session: Session, now: datetime, link_base: str = "") -> list[Firing]:
     firings: list[Firing] = []
     s = signals(session, now)
     start = window_start(now)
@@ -205,32 +213,60 @@ def firing_conditions(session: Session, now: datetime) -> list[Firing]:
                     f"(baseline {_pct(baseline)} over the previous 24 h).",
                 )
             )
-    new_flags = session.execute(
-        select(RiskFlag)
-        .where(RiskFlag.status == "open", RiskFlag.created_at >= now - NEW_FLAG_LOOKBACK)
-        .order_by(RiskFlag.id)
+    firings += incident_firings(session, now, link_base)
+    return firings
+
+
+_WHAT = {"burst": "burst of failed payments", "card_testing": "card testing"}
+
+
+def incident_link(incident_id: int, base: str = "") -> str:
+    """Where the incident is reviewed: the Risk page opened on it (DASHBOARD_URL in front)."""
+    return f"{base.rstrip('/')}/risk?incident={incident_id}"
+
+
+def incident_firings(session: Session, now: datetime, link_base: str = "") -> list[Firing]:
+    """One alert per new open incident (not per flag: one attack raises up to six), however
+    much it grows later; the message names the incident and links to it."""
+    found = session.execute(
+        select(RiskIncident)
+        .where(RiskIncident.status == "open", RiskIncident.created_at >= now - NEW_FLAG_LOOKBACK)
+        .order_by(RiskIncident.id)
     ).scalars()
-    for flag in new_flags:
-        what = "card testing" if flag.pattern == "card_testing" else "burst of failed payments"
-        cards = f", {flag.distinct_cards} distinct cards" if flag.pattern == "card_testing" else ""
+    firings = []
+    for incident in found:
+        flags = (
+            session.execute(
+                select(RiskFlag).where(RiskFlag.incident_id == incident.id).order_by(RiskFlag.id)
+            )
+            .scalars()
+            .all()
+        )
+        if not flags:
+            continue
+        patterns = sorted({_WHAT.get(f.pattern, f.pattern) for f in flags})
+        kinds = sorted({f.entity_kind.replace("_", " ") for f in flags})
         firings.append(
             Firing(
-                f"risk_flag:{flag.id}",
-                flag.created_at,  # one alert per flag, however much it grows later
-                f"Risk flag #{flag.id}: {what} for one {flag.entity_kind.replace('_', ' ')}: "
-                f"{flag.failures} failed attempts{cards} between "
-                f"{flag.window_start:%Y-%m-%d %H:%M} and {flag.window_end:%H:%M} UTC. "
-                "Review it on the Risk page.",
+                f"risk_incident:{incident.id}",
+                incident.created_at,
+                f"Risk incident #{incident.id}: {' and '.join(patterns)} across "
+                f"{len(flags)} flags ({', '.join(kinds)}), up to "
+                f"{max(f.failures for f in flags)} failed attempts between "
+                f"{incident.first_seen:%Y-%m-%d %H:%M} and {incident.last_seen:%H:%M} UTC. "
+                f"Review it: {incident_link(incident.id, link_base)}",
             )
         )
     return firings
 
 
-def raise_alerts(session: Session, now: datetime | None = None) -> list[Firing]:
+def raise_alerts(
+    session: Session, now: datetime | None = None, link_base: str = ""
+) -> list[Firing]:
     """Record every firing condition not yet alerted in its window; returns the new ones."""
     now = now or utcnow()
     raised = []
-    for firing in firing_conditions(session, now):
+    for firing in firing_conditions(session, now, link_base):
         inserted = insert_ignore(
             session,
             Alert,
@@ -393,7 +429,7 @@ def run(
 ) -> Report:
     """Raise what fires, then deliver what is pending. Never called on the webhook path."""
     with session_scope(engine) as session:
-        raised = raise_alerts(session, now)
+        raised = raise_alerts(session, now, settings.dashboard_url or "")
     report = deliver(engine, settings.alert_webhook_url, now=now, client=client, sleep=sleep)
     report.raised = [f.condition for f in raised]
     return report

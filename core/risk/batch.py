@@ -33,8 +33,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Session
 
-from core.models import PaymentAttempt, RiskFlag, utcnow
-from core.risk import batch, detector
+from core.models import RiskFlag, utcnow
+from core.risk import batch, detector, incidents, store
 from core.risk.detector import (
     ENTITY_COLUMNS,
     Point,
@@ -43,14 +43,12 @@ from core.risk.detector import (
     Window,
 )
 from core.risk.flags import (
-    _FLAG_COLUMNS,
-    _GLOBAL_LOCK_KEY,
     Changes,
     _apply,
-    _FlagRow,
     _is_postgres,
     _stored,
 )
+from core.risk.store import FLAG_COLUMNS, GLOBAL_LOCK_KEY, FlagRow
 
 
 @dataclass(frozen=True)
@@ -59,9 +57,7 @@ class BatchResult:
     entities: int
     flags: int
     changes: Changes
-
-
-_ATTEMPT_COLUMNS = ("id", "created", *ENTITY_COLUMNS.values())
+    incidents: int = 0
 
 
 @dataclass(frozen=True)
@@ -80,15 +76,7 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 def _read_failed(session: Session, lo: datetime | None, hi: datetime | None) -> _Failed:
-    conditions: list[ColumnElement[bool]] = [PaymentAttempt.outcome == "failed"]
-    if lo is not None:
-        conditions.append(PaymentAttempt.created >= lo)
-    if hi is not None:
-        conditions.append(PaymentAttempt.created <= hi)
-    columns = [getattr(PaymentAttempt, c) for c in _ATTEMPT_COLUMNS]
-    result = session.connection().execute(select(*columns).where(*conditions))
-    # The driver's own rows, read column by column: no Row, ORM or DataFrame object per attempt.
-    rows = result.cursor.fetchall()
+    rows = store.failed_rows(session, lo, hi)
     created = [r[1] for r in rows]
     if created and isinstance(created[0], str):  # SQLite stores UTC as ISO text
         times = np.array(created, dtype="datetime64[us]").astype(np.int64)
@@ -99,19 +87,19 @@ def _read_failed(session: Session, lo: datetime | None, hi: datetime | None) -> 
     return _Failed(
         ids=[r[0] for r in rows],
         times=times,
-        columns={c: [r[i] for r in rows] for i, c in enumerate(_ATTEMPT_COLUMNS) if i >= 2},
+        columns={c: [r[i] for r in rows] for i, c in enumerate(store.ATTEMPT_COLUMNS) if i >= 2},
     )
 
 
-def _flag_rows(session: Session, lo: datetime | None, hi: datetime | None) -> list[_FlagRow]:
+def _flag_rows(session: Session, lo: datetime | None, hi: datetime | None) -> list[FlagRow]:
     bounds: list[ColumnElement[bool]] = []
     if lo is not None:
         bounds.append(RiskFlag.window_end >= lo)
     if hi is not None:
         bounds.append(RiskFlag.window_start <= hi)
-    columns = [getattr(RiskFlag, c.name) for c in _FLAG_COLUMNS]
+    columns = [getattr(RiskFlag, c.name) for c in FLAG_COLUMNS]
     rows = session.execute(select(*columns).where(*bounds).with_for_update())
-    return [_FlagRow(*row) for row in rows]
+    return [FlagRow(*row) for row in rows]
 
 
 def detect_period(
@@ -121,13 +109,16 @@ def detect_period(
     until: datetime | None = None,
     *,
     now: datetime | None = None,
+    keep_reviewed: bool = False,
 ) -> BatchResult:
     """Recompute every entity's flags for hits with right ends in [since, until] (None:
-    unbounded) and write the difference; equal to what incremental detection stored."""
+    unbounded) and their incidents, and write the difference; equal to what incremental
+    detection stored. `keep_reviewed` (after a rule change): reviewed flags the rules no longer
+    support stay, as records of decisions."""
     now = now or utcnow()
-    window = rules.window
+    window = rules.reach
     if _is_postgres(session):
-        session.execute(text("SELECT pg_advisory_xact_lock(:g)"), {"g": _GLOBAL_LOCK_KEY})
+        session.execute(text("SELECT pg_advisory_xact_lock(:g)"), {"g": GLOBAL_LOCK_KEY})
     x_lo, x_hi = since, until
     while True:  # extend the range over every stored flag it touches
         flags = _flag_rows(session, None if x_lo is None else x_lo - window, x_hi)
@@ -149,8 +140,40 @@ def detect_period(
         windows = computed.get(key, [])
         flag_count += len(windows)
         entities += 1
-        changes.add(_apply(session, kind, value, pattern, stored.get(key, []), windows, now))
-    return BatchResult(len(failed), entities, flag_count, changes)
+        changes.add(
+            _apply(
+                session,
+                kind,
+                value,
+                pattern,
+                stored.get(key, []),
+                windows,
+                now,
+                keep_reviewed=keep_reviewed,
+            )
+        )
+    groups = _group(failed, flags, changes)
+    incidents.assign(session, groups, {f.id: f.incident_id for f in flags}, now)
+    incidents.drop_empty(session)
+    return BatchResult(len(failed), entities, flag_count, changes, len(groups))
+
+
+def _group(failed: _Failed, stored: list[FlagRow], changes: Changes) -> list[list[int]]:
+    """Incidents of the flags in the range: components over shared attempts. Recomputed flags
+    carry their attempts; a reviewed flag kept after a rule change is looked up in `failed`."""
+    members: dict[int, tuple[str, ...]] = {
+        flag_id: w.attempt_ids for flag_id, w in changes.windows.items()
+    }
+    removed = set(changes.removed)
+    for f in stored:
+        if f.id in members or f.id in removed:
+            continue
+        values = failed.columns[ENTITY_COLUMNS[f.entity_kind]]  # type: ignore[index]
+        lo = (f.window_start - _EPOCH) // timedelta(microseconds=1)
+        hi = (f.window_end - _EPOCH) // timedelta(microseconds=1)
+        rows = np.flatnonzero((failed.times >= lo) & (failed.times <= hi))
+        members[f.id] = tuple(failed.ids[i] for i in rows if values[i] == f.entity_value)
+    return detector.components(members)
 
 
 def _windows_by_entity(
@@ -162,12 +185,13 @@ def _windows_by_entity(
     result: dict[tuple[str, str, str], list[Window]] = {}
     if not len(failed):
         return result
-    window_us = rules.window // timedelta(microseconds=1)
     cards = failed.columns["card_fingerprint"]
     for kind, name in ENTITY_COLUMNS.items():
         codes, uniques = pd.factorize(np.array(failed.columns[name], dtype=object))
         present = codes >= 0
-        minimum = min(rules.minimum(p) for p in rules.patterns(kind))
+        kind_rules = [rules.rule(kind, p) for p in rules.patterns(kind)]
+        minimum = min(r.minimum(p) for r, p in zip(kind_rules, rules.patterns(kind), strict=True))
+        window_us = max(r.window for r in kind_rules) // timedelta(microseconds=1)
         dense = batch.dense_entities(
             codes[present].astype(np.int64), failed.times[present], minimum, window_us
         )
@@ -181,8 +205,11 @@ def _windows_by_entity(
             by_code.setdefault(code, []).append(Point(at, failed.ids[i], cards[i]))
         for code, points in by_code.items():
             value = str(uniques[code])
+            if rules.allows(kind, value):
+                continue
             for pattern in rules.patterns(kind):
-                windows = detector.detect_windows(points, pattern, rules, ends=(lo, hi))
+                rule = rules.rule(kind, pattern)
+                windows = detector.detect_windows(points, pattern, rule, ends=(lo, hi))
                 if windows:
                     result[(kind, value, pattern)] = windows
     return result

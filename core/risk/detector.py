@@ -26,12 +26,18 @@ from __future__ import annotations
 
 from bisect import bisect_left, bisect_right
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from operator import attrgetter
-from typing import Any, Literal
+from typing import Any, Literal, Protocol, TypeVar
 
+
+class _Ordered(Protocol):
+    def __lt__(self, other: Any, /) -> bool: ...
+
+
+K = TypeVar("K", bound=_Ordered)
 EntityKind = Literal["card", "customer", "email", "ip", "promotion_code"]
 Pattern = Literal["burst", "card_testing"]
 
@@ -56,14 +62,22 @@ CARD_TESTING_THRESHOLD = 3
 
 @dataclass(frozen=True)
 class Rules:
+    """The detection rules: a default threshold and window per pattern, optional overrides per
+    (entity kind, pattern), and an allow list of entities that never flag. A `Rules` without
+    overrides is also the plain rule of one (kind, pattern), as `detect_windows` reads it."""
+
     threshold: int = BURST_THRESHOLD
     window: timedelta = BURST_WINDOW
     card_testing_threshold: int = CARD_TESTING_THRESHOLD
+    # (kind, pattern, threshold, window): replaces the default for that kind and pattern
+    overrides: tuple[tuple[str, str, int, timedelta], ...] = ()
+    allow: frozenset[tuple[str, str]] = frozenset()  # (kind, value) that never flag
 
     def __post_init__(self) -> None:
-        if self.threshold < 1 or self.card_testing_threshold < 1:
+        thresholds = [self.threshold, self.card_testing_threshold, *(o[2] for o in self.overrides)]
+        if min(thresholds) < 1:
             raise ValueError("thresholds must be at least 1")
-        if self.window <= timedelta(0):
+        if min([self.window, *(o[3] for o in self.overrides)]) <= timedelta(0):
             raise ValueError("the window must be positive")
 
     def minimum(self, pattern: Pattern) -> int:
@@ -72,6 +86,23 @@ class Rules:
 
     def patterns(self, kind: str) -> tuple[Pattern, ...]:
         return PATTERNS if kind in CARD_TESTING_KINDS else ("burst",)
+
+    def rule(self, kind: str, pattern: Pattern) -> Rules:
+        """The plain rule for one entity kind and pattern (what `detect_windows` takes)."""
+        for o_kind, o_pattern, threshold, window in self.overrides:
+            if (o_kind, o_pattern) == (kind, pattern):
+                return Rules(threshold, window, threshold)
+        if not self.overrides and not self.allow:
+            return self
+        return Rules(self.threshold, self.window, self.card_testing_threshold)
+
+    @property
+    def reach(self) -> timedelta:
+        """The longest window of any rule: ranges widened by it cover every rule's window."""
+        return max([self.window, *(o[3] for o in self.overrides)])
+
+    def allows(self, kind: str, value: str) -> bool:
+        return (kind, value) in self.allow
 
 
 @dataclass(frozen=True)
@@ -255,7 +286,7 @@ def merge_windows(windows: Iterable[tuple[datetime, datetime]]) -> list[tuple[da
 def affected_range(times: Iterable[datetime], rules: Rules) -> tuple[datetime, datetime]:
     """The right ends whose hits may change when attempts appear (or move) at `times`."""
     ts = list(times)
-    return min(ts), max(ts) + rules.window
+    return min(ts), max(ts) + rules.reach
 
 
 def detect(attempts: Iterable[Attempt], rules: Rules | None = None) -> list[Flag]:
@@ -263,10 +294,13 @@ def detect(attempts: Iterable[Attempt], rules: Rules | None = None) -> list[Flag
     rules = rules or Rules()
     flags: list[Flag] = []
     for (kind, value), points in points_by_entity(attempts).items():
+        if rules.allows(kind, value):
+            continue
         for pattern in rules.patterns(kind):
-            if len(points) < rules.minimum(pattern):
+            rule = rules.rule(kind, pattern)
+            if len(points) < rule.minimum(pattern):
                 continue
-            for w in detect_windows(points, pattern, rules):
+            for w in detect_windows(points, pattern, rule):
                 flags.append(
                     Flag(
                         kind,
@@ -301,6 +335,7 @@ class Plan:
     insert: list[Window] = field(default_factory=list)
     update: list[tuple[int, Window, str]] = field(default_factory=list)  # id, window, status
     delete: list[int] = field(default_factory=list)
+    keep: list[tuple[int, Window]] = field(default_factory=list)  # stored flags left as they are
 
     @property
     def empty(self) -> bool:
@@ -317,9 +352,13 @@ def merged_status(statuses: Sequence[str], grew: bool) -> str:
     return "dismissed"
 
 
-def reconcile(stored: Sequence[Stored], windows: Sequence[Window]) -> Plan:
+def reconcile(
+    stored: Sequence[Stored], windows: Sequence[Window], *, keep_reviewed: bool = False
+) -> Plan:
     """Replace `stored` (every stored flag in the recomputed range) by `windows`. Each window
-    keeps the oldest overlapping stored flag (its id and review), the rest are removed."""
+    keeps the oldest overlapping stored flag (its id and review), the rest are removed. With
+    `keep_reviewed` (after a rule change), a reviewed flag no window supports any more stays as
+    the record of a decision; only open flags disappear."""
     plan = Plan()
     used: set[int] = set()
     for w in windows:
@@ -343,11 +382,43 @@ def reconcile(stored: Sequence[Stored], windows: Sequence[Window]) -> Plan:
         )
         if changed or absorbed:
             plan.update.append((keep.id, w, status))
+        else:
+            plan.keep.append((keep.id, w))
         plan.delete.extend(s.id for s in absorbed)
-    plan.delete.extend(s.id for s in stored if s.id not in used)
+    plan.delete.extend(
+        s.id for s in stored if s.id not in used and not (keep_reviewed and s.status != "open")
+    )
     return plan
 
 
 def as_points(rows: Iterable[tuple[Any, ...]]) -> list[Point]:
     """(id, created, card) rows to points."""
     return [Point(created, attempt_id, card) for attempt_id, created, card in rows]
+
+
+def components(members: Mapping[K, Iterable[str]]) -> list[list[K]]:
+    """Incidents: the keys (flags) grouped by shared members (attempt ids), transitively.
+    A function of the sets alone, so any order of arrival gives the same groups; each group
+    sorted, groups ordered by their first key."""
+    parent: dict[K, K] = {}
+
+    def find(x: K) -> K:
+        root = x
+        while parent[root] != root:
+            root = parent[root]
+        while parent[x] != root:
+            parent[x], x = root, parent[x]
+        return root
+
+    owner: dict[str, K] = {}
+    for key, attempt_ids in members.items():
+        parent.setdefault(key, key)
+        for attempt_id in attempt_ids:
+            other = owner.setdefault(attempt_id, key)
+            a, b = find(key), find(other)
+            if a != b:
+                parent[max(a, b)] = min(a, b)
+    groups: dict[K, list[K]] = {}
+    for key in parent:
+        groups.setdefault(find(key), []).append(key)
+    return sorted(sorted(g) for g in groups.values())

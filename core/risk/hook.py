@@ -20,66 +20,35 @@ one entity's flags, so two concurrent deliveries cannot each miss the other's at
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable, Sequence
 from datetime import datetime
-from typing import Any
 
-from sqlalchemy import (
-    TextClause,
-    bindparam,
-    column,
-    text,
-)
 from sqlalchemy.orm import Session
 
-from core.db import Prepared, raw
-from core.models import UTCDateTime, utcnow
-from core.risk import detector
+from core.models import utcnow
+from core.risk import detector, incidents, store
 from core.risk.detector import (
     BY_TIME,
     ENTITY_COLUMNS,
     EntityKind,
     Pattern,
-    Point,
     Rules,
     Window,
 )
-from core.risk.flags import Changes, _apply, _find_flags, _FlagRow, _lock_entities, _stored
+from core.risk.flags import Changes, _apply, _stored
+from core.risk.store import FlagRow
 from core.webhook.handlers import RecordedAttempt
 
 
-@functools.lru_cache(maxsize=64)
-def _points_sql(kinds: tuple[EntityKind, ...]) -> Prepared:
-    """Failed attempts of one value per kind over a range each; rows tagged by position."""
-    parts = [
-        f"SELECT {i} AS tag, id, created, card_fingerprint FROM payment_attempts "
-        f"WHERE {ENTITY_COLUMNS[kind]} = :v{i} AND outcome = 'failed' "
-        f"AND created >= :lo{i} AND created <= :hi{i}"
-        for i, kind in enumerate(kinds)
-    ]
-    binds = [
-        bindparam(f"{name}{i}", type_=UTCDateTime())
-        for i in range(len(kinds))
-        for name in ("lo", "hi")
-    ]
-    return Prepared(
-        text(" UNION ALL ".join(parts))
-        .bindparams(*binds)
-        .columns(
-            column("tag"),
-            column("id"),
-            column("created", UTCDateTime()),
-            column("card_fingerprint"),
-        )
-    )
-
-
-def attempt_hook(rules: Rules) -> Callable[[Session, RecordedAttempt], None]:
-    """The `Context.on_attempt` hook for these rules."""
+def attempt_hook(
+    rules: Rules | Callable[[Session], Rules],
+) -> Callable[[Session, RecordedAttempt], None]:
+    """The `Context.on_attempt` hook for these rules (or for the rules a function gives: the
+    live rule set, core.risk.rules.live)."""
 
     def hook(session: Session, attempt: RecordedAttempt) -> None:
-        on_attempt(session, attempt, rules)
+        if attempt.outcome == "failed":  # a success adds nothing: no need to load the rules
+            on_attempt(session, attempt, rules if isinstance(rules, Rules) else rules(session))
 
     return hook
 
@@ -96,47 +65,25 @@ def on_attempt(
     entities = [
         (kind, value)
         for kind, column in ENTITY_COLUMNS.items()
-        if (value := getattr(attempt, column))
+        if (value := getattr(attempt, column)) and not rules.allows(kind, value)
     ]
     if not entities:
         return Changes()
     times = [attempt.created] + ([moved] if moved is not None else [])
     lo, hi = detector.affected_range(times, rules)
     if moved is None:
-        return grow(session, entities, lo, hi, rules, now=now)
+        return grow(session, entities, lo, hi, rules, now=now, arrived=attempt.id)
     return refresh(session, entities, lo, hi, rules, now=now)
-
-
-@functools.lru_cache(maxsize=8)
-def _count_sql(kind: EntityKind) -> TextClause:
-    return text(
-        "SELECT count(*), count(DISTINCT card_fingerprint) FROM payment_attempts "
-        f"WHERE {ENTITY_COLUMNS[kind]} = :v AND outcome = 'failed' "
-        "AND created >= :lo AND created <= :hi"
-    ).bindparams(bindparam("lo", type_=UTCDateTime()), bindparam("hi", type_=UTCDateTime()))
-
-
-def _read_points(
-    session: Session, spans: Sequence[tuple[tuple[EntityKind, str], tuple[datetime, datetime]]]
-) -> dict[tuple[EntityKind, str], list[Point]]:
-    params: dict[str, Any] = {}
-    for i, ((_kind, value), (a, b)) in enumerate(spans):
-        params.update({f"v{i}": value, f"lo{i}": a, f"hi{i}": b})
-    points: list[list[Point]] = [[] for _ in spans]
-    statement = _points_sql(tuple(kind for (kind, _value), _span in spans))
-    for tag, attempt_id, created, card in raw(session).rows(statement, params):
-        points[tag].append(Point(created, attempt_id, card))
-    return {key: pts for (key, _span), pts in zip(spans, points, strict=True)}
 
 
 def _locked_flags(
     session: Session, entities: Sequence[tuple[EntityKind, str]], lo: datetime, hi: datetime
-) -> dict[tuple[str, str, str], list[_FlagRow]]:
+) -> dict[tuple[str, str, str], list[FlagRow]]:
     """Lock `entities` against concurrent detection, then their stored flags overlapping
     [lo, hi], by (kind, value, pattern)."""
-    _lock_entities(session, entities)
-    found: dict[tuple[str, str, str], list[_FlagRow]] = {}
-    for row in _find_flags(session, entities, lo, hi):
+    store.lock_entities(session, entities)
+    found: dict[tuple[str, str, str], list[FlagRow]] = {}
+    for row in store.find_flags(session, entities, lo, hi):
         found.setdefault((row.entity_kind, row.entity_value, row.pattern), []).append(row)
     return found
 
@@ -149,22 +96,27 @@ def grow(
     rules: Rules,
     *,
     now: datetime | None = None,
+    arrived: str | None = None,
 ) -> Changes:
     """`refresh` for attempts that were only added (none moved), which only adds hits: the
     hits with right ends in [lo, hi] are recomputed from the attempts in [lo - window, hi],
     and united with the stored flags they overlap. A flag reaching outside that range is
     recounted by one aggregate query instead of reading all its attempts, which keeps the
-    cost flat for busy entities (a promotion code flagged for days)."""
-    window = rules.window
+    cost flat for busy entities (a promotion code flagged for days). Incidents follow
+    (`core.risk.incidents.link_grown`) along the attempts the flags newly cover."""
+    window = rules.reach
     found = _locked_flags(session, entities, lo - window, hi)
     near = (lo - window, hi)
-    by_entity = _read_points(session, [(entity, near) for entity in entities])
+    by_entity = store.read_points(session, [(entity, near) for entity in entities])
     changes = Changes()
+    merged_into: list[tuple[list[int], list[int]]] = []
+    covered: set[str] = set()
     for kind, value in entities:
         points = sorted(by_entity[(kind, value)], key=BY_TIME)
         times = [p.created for p in points]
         for pattern in rules.patterns(kind):
-            new = detector.detect_windows(points, pattern, rules, ends=(lo, hi))
+            rule = rules.rule(kind, pattern)
+            new = detector.detect_windows(points, pattern, rule, ends=(lo, hi))
             if not new:
                 continue  # no hit changed: the stored flags stand
             flags = found.get((kind, value, pattern), [])
@@ -178,16 +130,38 @@ def grow(
                 if near[0] <= a and b <= near[1]:
                     windows.append(detector.describe(points, times, a, b))
                 else:
-                    failures, cards = session.execute(
-                        _count_sql(kind), {"v": value, "lo": a, "hi": b}
-                    ).one()
-                    windows.append(Window(a, b, int(failures), int(cards)))
-            previous = [
-                _stored(f)
+                    failures, cards = store.count_failures(session, kind, value, a, b)
+                    windows.append(Window(a, b, failures, cards))
+            replaced = [
+                f
                 for f in flags
                 if any(f.window_start <= w.end and w.start <= f.window_end for w in windows)
             ]
-            changes.add(_apply(session, kind, value, pattern, previous, windows, now or utcnow()))
+            previous = [_stored(f) for f in replaced]
+            done = _apply(session, kind, value, pattern, previous, windows, now or utcnow())
+            changes.add(done)
+            # Attempts this key's flags hold now and did not before: the one that arrived, and
+            # those a new or widened window takes in.
+            for p in points:
+                inside = any(w.start <= p.created <= w.end for w in new)
+                before = any(f.window_start <= p.created <= f.window_end for f in flags)
+                if inside and (p.id == arrived or not before):
+                    covered.add(p.id)
+            for flag_id, w in done.windows.items():
+                merged_into.append(
+                    (
+                        [flag_id],
+                        [
+                            f.incident_id
+                            for f in replaced
+                            if f.incident_id is not None
+                            and f.window_start <= w.end
+                            and w.start <= f.window_end
+                        ],
+                    )
+                )
+    if changes.windows:
+        incidents.link_grown(session, merged_into, covered, now)
     return changes
 
 
@@ -201,13 +175,14 @@ def refresh(
     now: datetime | None = None,
 ) -> Changes:
     """Recompute the flags of `entities` for hits with right ends in [lo, hi] (extended over
-    any stored flag the range touches) and write the difference."""
-    window = rules.window
+    any stored flag the range touches) and write the difference; then regroup the incidents
+    involved (a flag may have shrunk, so an incident may split)."""
+    window = rules.reach
     found = _locked_flags(session, entities, lo - window, hi)
     # Extend each range until every stored flag overlapping [x_lo - window, x_hi] lies inside
     # [x_lo, x_hi]: then replacing those flags by the recomputed hits is exact.
     ranges: dict[tuple[EntityKind, str, Pattern], tuple[datetime, datetime]] = {}
-    stored: dict[tuple[EntityKind, str, Pattern], list[_FlagRow]] = {}
+    stored: dict[tuple[EntityKind, str, Pattern], list[FlagRow]] = {}
     for kind, value in entities:
         for pattern in rules.patterns(kind):
             x_lo, x_hi = lo, hi
@@ -220,7 +195,7 @@ def refresh(
                 x_lo, x_hi = new_lo, new_hi
                 flags = [
                     f
-                    for f in _find_flags(session, [(kind, value)], x_lo - window, x_hi)
+                    for f in store.find_flags(session, [(kind, value)], x_lo - window, x_hi)
                     if f.pattern == pattern
                 ]
             stored[(kind, value, pattern)] = flags
@@ -229,13 +204,19 @@ def refresh(
     for (kind, value, _pattern), (x_lo, x_hi) in ranges.items():
         a, b = spans.get((kind, value), (x_lo, x_hi))
         spans[(kind, value)] = (min(a, x_lo), max(b, x_hi))
-    by_entity = _read_points(session, [(key, (a - window, b)) for key, (a, b) in spans.items()])
+    by_entity = store.read_points(
+        session, [(key, (a - window, b)) for key, (a, b) in spans.items()]
+    )
     changes = Changes()
+    involved: set[int] = set()
     for (kind, value, pattern), (x_lo, x_hi) in ranges.items():
         windows = detector.detect_windows(
-            by_entity[(kind, value)], pattern, rules, ends=(x_lo, x_hi)
+            by_entity[(kind, value)], pattern, rules.rule(kind, pattern), ends=(x_lo, x_hi)
         )
         previous = [_stored(f) for f in stored[(kind, value, pattern)]]
+        involved |= {f.incident_id for f in stored[(kind, value, pattern)] if f.incident_id}
         if windows or previous:
             changes.add(_apply(session, kind, value, pattern, previous, windows, now or utcnow()))
+    if changes.windows or involved:
+        incidents.regroup(session, changes.windows, involved, now)
     return changes

@@ -18,7 +18,14 @@ from core.__main__ import main as cli
 from core.console import alerts
 from core.console.alerts import Rate
 from core.db import session_scope
-from core.models import Alert, AuditEntry, PaymentAttempt, WebhookDelivery, WebhookRejection
+from core.models import (
+    Alert,
+    AuditEntry,
+    PaymentAttempt,
+    RiskFlag,
+    WebhookDelivery,
+    WebhookRejection,
+)
 from core.risk import batch
 from core.risk.detector import Rules
 from core.settings import load_settings
@@ -72,7 +79,9 @@ def make_flag(engine: Engine, fingerprint: str = "fpALERT") -> int:
         session.flush()
         result = batch.detect_period(session, Rules())
         (flag_id,) = result.changes.created
-        return flag_id
+        incident_id = session.get(RiskFlag, flag_id).incident_id  # type: ignore[union-attr]
+        assert incident_id is not None
+        return int(incident_id)
 
 
 def add_attempts(
@@ -112,10 +121,12 @@ def test_new_flag_is_posted_once(engine: Engine, httpserver: HTTPServer) -> None
     httpserver.expect_request("/hooks/alerts", method="POST").respond_with_data("ok")
     url = httpserver.url_for("/hooks/alerts")
     report = run(engine, url)
-    assert report.raised == [f"risk_flag:{flag_id}"]
-    assert report.delivered == [f"risk_flag:{flag_id}"]
+    assert report.raised == [f"risk_incident:{flag_id}"]
+    assert report.delivered == [f"risk_incident:{flag_id}"]
     (text,) = posted_texts(httpserver)
-    assert text.startswith(f"Risk flag #{flag_id}: burst of failed payments for one card: 4 ")
+    # Issue 14: the alert names the incident and links to it.
+    assert text.startswith(f"Risk incident #{flag_id}: burst of failed payments across 1 flags")
+    assert text.endswith(f"Review it: /risk?incident={flag_id}")
     request, _ = httpserver.log[0]
     assert request.headers["Content-Type"] == "application/json"
     # Later runs in the same window (and after it: a flag is alerted once) post nothing more.
@@ -200,11 +211,11 @@ def test_nothing_is_sent_without_a_url(
     httpserver.expect_request("/hook").respond_with_data("ok")
     flag_id = make_flag(engine)
     report = run(engine, None)
-    assert report.raised == [f"risk_flag:{flag_id}"]
+    assert report.raised == [f"risk_incident:{flag_id}"]
     assert report.not_sent == 1
     assert "not sent (ALERT_WEBHOOK_URL is not set)" in report.describe()
     assert httpserver.log == []
-    assert f"alert risk_flag:{flag_id}" in caplog.text  # always logged
+    assert f"alert risk_incident:{flag_id}" in caplog.text  # always logged
     assert audit_actions(engine) == ["alert.raised"]  # and audited
     with session_scope(engine, write=False) as session:
         (alert,) = alerts.recent_alerts(session)
