@@ -22,6 +22,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("core.cli.demo", "fill the database with 90 days of demo activity (webhook path)"),
     "bursts": ("core.cli.bursts", "detect bursts of failed payments over a period"),
     "alerts": ("core.cli.alerts", "raise and deliver alerts (run it every few minutes)"),
+    "erase": ("core.cli.erase", "pseudonymise a person's data on request (dry run unless --apply)"),
 }
 
 

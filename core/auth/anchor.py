@@ -107,9 +107,11 @@ def read(path: Path | None = None) -> tuple[list[Checkpoint], list[str]]:
             body = {name: data[name] for name in ("id", "hash", "entries", "at")}
             good = hmac.compare_digest(str(data["sig"]), _sign(body))
             point = Checkpoint(
-                int(body["id"]), str(body["hash"]), int(body["entries"]),
+                int(body["id"]),
+                str(body["hash"]),
+                int(body["entries"]),
                 datetime.fromisoformat(str(body["at"])),
-            )  # fmt: skip
+            )
         except (ValueError, KeyError, TypeError):
             problems.append(f"checkpoint line {number} is not a checkpoint")
             continue

@@ -196,8 +196,9 @@ def login(
     refused = _refusal(session, name, where, now)
     if refused is not None:
         reason, wait = refused
-        record(session, who, "login.refused_locked", name, {"reason": reason, "client": where},
-               at=now)  # fmt: skip
+        record(
+            session, who, "login.refused_locked", name, {"reason": reason, "client": where}, at=now
+        )
         message = LOCKED_OUT if wait is None else wait_message(wait)
         return LoginResult(False, message, locked=True)
 

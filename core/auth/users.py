@@ -244,8 +244,9 @@ def change_own_password(
     if new == current:
         raise UsersError("Choose a password different from the current one.")
     validate_password(new)
-    updated = replace(user, password_hash=hash_password(new), demo=False,
-                      must_change_password=False)  # fmt: skip
+    updated = replace(
+        user, password_hash=hash_password(new), demo=False, must_change_password=False
+    )
     return {**users, username: updated}
 
 

@@ -164,15 +164,18 @@ def test_failures_from_elsewhere_do_not_lock_the_user_out(db_url: str, victim: s
         attempt(engine, victim, WRONG, T0, users=users, client=ATTACKER)
     ok = attempt(engine, victim, PASSWORD, T0 + timedelta(seconds=1), users=users, client=OFFICE)
     assert ok.ok, ok.message
-    assert attempt(engine, victim, PASSWORD, T0 + timedelta(seconds=2), users=users,
-                   client=ATTACKER).locked  # fmt: skip
+    assert attempt(
+        engine, victim, PASSWORD, T0 + timedelta(seconds=2), users=users, client=ATTACKER
+    ).locked
     engine.dispose()
 
 
 def test_the_ceiling_stops_a_distributed_guess_but_not_known_clients_and_unlock_ends_it(
-    sqlite_engine: Engine, monkeypatch: pytest.MonkeyPatch, sqlite_url: str,
+    sqlite_engine: Engine,
+    monkeypatch: pytest.MonkeyPatch,
+    sqlite_url: str,
     capsys: pytest.CaptureFixture[str],
-) -> None:  # fmt: skip
+) -> None:
     """Finding 6: `python -m core users unlock <name>` undoes a lock without waiting."""
     assert attempt(sqlite_engine, "alice", PASSWORD, T0 - timedelta(days=2)).ok  # from OFFICE
     for n in range(USER_CEILING):  # many clients, two guesses each
@@ -196,8 +199,13 @@ def test_the_ceiling_stops_a_distributed_guess_but_not_known_clients_and_unlock_
     for n in range(USER_CEILING):
         attempt(sqlite_engine, "bob", WRONG, T0 + timedelta(seconds=n), client=f"10.1.{n // 2}.1")
     assert attempt(sqlite_engine, "bob", PASSWORD, later, client="192.0.2.9").locked
-    assert attempt(sqlite_engine, "bob", PASSWORD, T0 + FAILURE_MEMORY + timedelta(minutes=1),
-                   client="192.0.2.9").ok  # fmt: skip
+    assert attempt(
+        sqlite_engine,
+        "bob",
+        PASSWORD,
+        T0 + FAILURE_MEMORY + timedelta(minutes=1),
+        client="192.0.2.9",
+    ).ok
 
 
 def test_unknown_and_known_usernames_get_the_same_answers(sqlite_engine: Engine) -> None:

@@ -42,8 +42,14 @@ def configured(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 def fill(engine: Engine, start: int, count: int) -> None:
     with session_scope(engine) as session:
         for i in range(start, start + count):
-            audit.record(session, ADMIN, "promotion.deactivate", f"promo_{i}", {"n": i},
-                         at=T0 + timedelta(minutes=i))  # fmt: skip
+            audit.record(
+                session,
+                ADMIN,
+                "promotion.deactivate",
+                f"promo_{i}",
+                {"n": i},
+                at=T0 + timedelta(minutes=i),
+            )
 
 
 def run(capsys: pytest.CaptureFixture[str], *words: str) -> tuple[int, str]:
@@ -143,10 +149,13 @@ def test_the_log_keeps_pseudonyms_not_emails_or_ip_addresses(sqlite_engine: Engi
             ADMIN,
             "order.note",
             "Jane.Doe@Shop.example",
-            {"note": "called jane.doe@shop.example from 203.0.113.7 / 2001:db8::1",
-             "masked": "j***@shop.example", "when": "2026-03-01T09:00:00+00:00",
-             "nested": [{"ip": "198.51.100.4"}]},
-        )  # fmt: skip
+            {
+                "note": "called jane.doe@shop.example from 203.0.113.7 / 2001:db8::1",
+                "masked": "j***@shop.example",
+                "when": "2026-03-01T09:00:00+00:00",
+                "nested": [{"ip": "198.51.100.4"}],
+            },
+        )
         assert audit.verify(session).ok
     stored = json.dumps(entry.details) + str(entry.target)
     for raw in ("jane.doe@shop.example", "Jane.Doe", "203.0.113.7", "2001:db8::1", "198.51.100.4"):
