@@ -46,7 +46,10 @@ def actions() -> list[str]:
 
 def table(at: AppTest) -> dict[str, dict[str, object]]:
     frame = at.dataframe[0].value
-    return {row["username"]: dict(row) for row in frame.to_dict("records")}
+    return {
+        str(row["username"]): {str(k): v for k, v in row.items()}
+        for row in frame.to_dict("records")
+    }
 
 
 def test_admin_adds_a_user_who_must_change_the_one_time_password(sqlite_url: str) -> None:
