@@ -181,12 +181,21 @@ def timeline(actor: Actor, order_id: int) -> list[TimelineEntry]:
     """The order's one timeline, oldest first; emails inside it masked unless allowed."""
     require(actor, "orders.view")
     entries = _timeline(_url(), order_id)
+    if not allowed(actor.role, "risk.review"):
+        # Buyer IP addresses and card fingerprints are for risk review (README "Personal data").
+        entries = [
+            replace(entry, detail={k: v for k, v in entry.detail.items() if k not in _RISK_ONLY})
+            for entry in entries
+        ]
     if _sees_full_emails(actor):
         return entries
     return [
         replace(entry, title=_mask_text(entry.title), detail=_mask_value(entry.detail))
         for entry in entries
     ]
+
+
+_RISK_ONLY = frozenset({"ip_address", "card_fingerprint"})
 
 
 def _sees_full_emails(actor: Actor) -> bool:

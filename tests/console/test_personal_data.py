@@ -286,3 +286,17 @@ def test_erasure_by_customer_id_and_its_guards(shop: Engine) -> None:
         assert report.found == {"emails": 1, "ips": 1, "names": 1, "customers": 1}
         assert mentions(session, ALEX, "Alex Other", ALEX_IP) == set()
         assert mentions(session, JENNY, JENNY_IP)  # only the one person
+
+
+def test_support_sees_no_ip_address_or_card_fingerprint(shop: Engine) -> None:
+    """Issue 12 [B]: the README's table gives buyer IPs and fingerprints to risk review only."""
+    page = data.search_orders(SUPPORT, JENNY, limit=50, offset=0)
+
+    def attempts(actor: Actor) -> str:
+        entries = [e for i in page.orders["id"] for e in data.timeline(actor, int(i))]
+        return repr([e.detail for e in entries if e.kind == "attempt"])
+
+    support, finance = attempts(SUPPORT), attempts(FINANCE)
+    assert JENNY_IP not in support and "fp_cus_jenny" not in support
+    assert "4242" in support  # last4 stays for support
+    assert JENNY_IP in finance and "fp_cus_jenny" in finance
