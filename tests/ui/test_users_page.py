@@ -155,3 +155,41 @@ def test_the_users_page_is_refused_to_other_roles(sqlite_url: str) -> None:
     at = app_as("finance", sqlite_url, page=PAGE)
     assert [e.value for e in at.error] == ["Your role does not give access to this page."]
     assert not at.dataframe
+
+
+def test_erasure_from_the_users_page_previews_then_needs_a_reason_and_a_tick(
+    sqlite_url: str,
+) -> None:
+    from core.models import Order
+
+    at = app_as("admin", sqlite_url, page=PAGE)
+    with session_scope(get_engine()) as session:
+        session.add(
+            Order(
+                checkout_session_id="cs_test_erase",
+                customer_email="erin@shop.example",
+                amount_total=1500,
+                currency="eur",
+                status="paid",
+            )
+        )
+    at.text_input(key="erase_who").input("erin@shop.example")
+    button(at, "Preview").click().run()  # type: ignore[attr-defined]
+    report = " ".join(str(t.value) for t in at.text)
+    assert "would change (dry run)" in report and "orders.customer_email: 1" in report
+    button(at, "Erase").click().run()  # type: ignore[attr-defined]  # not ticked: preview only
+    assert [e.value for e in at.error][:1] == [
+        "Tick the confirmation to erase; showing the preview instead."
+    ]
+    at.checkbox(key="erase_confirm").check()
+    button(at, "Erase").click().run()  # type: ignore[attr-defined]  # no reason given
+    assert "Give the reason for the erasure (the request's reference)." in [
+        e.value for e in at.error
+    ]
+    at.text_input(key="erase_reason").input("DSR-2026-017")
+    button(at, "Erase").click().run()  # type: ignore[attr-defined]
+    assert "row(s) changed" in " ".join(str(t.value) for t in at.text)
+    with session_scope(get_engine(), write=False) as session:
+        email = session.execute(select(Order.customer_email)).scalar_one()
+    assert email is not None and email.endswith("@erased.invalid")
+    assert actions()[-1] == "personal_data.erased"
