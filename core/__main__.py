@@ -23,6 +23,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "bursts": ("core.cli.bursts", "detect bursts of failed payments over a period"),
     "alerts": ("core.cli.alerts", "raise and deliver alerts (run it every few minutes)"),
     "retention": ("core.cli.retention", "prune old deliveries and bodies (dry run unless --apply)"),
+    "erase": ("core.cli.erase", "pseudonymise a person's data on request (dry run unless --apply)"),
 }
 
 

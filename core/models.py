@@ -357,12 +357,19 @@ class LoginAttempt(Base):
     """A login attempt, successful or not; lockout counts failures from here."""
 
     __tablename__ = "login_attempts"
-    __table_args__ = (Index("ix_login_attempts_username_at", "username", "at"),)
+    __table_args__ = (
+        Index("ix_login_attempts_username_at", "username", "at"),
+        # One user's attempts from one client (core.auth.sessions: per-client delays).
+        Index("ix_login_attempts_username_client_at", "username", "client", "at"),
+    )
 
     id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
     username: Mapped[str] = mapped_column(String(255))
     at: Mapped[datetime] = mapped_column(default=utcnow)
     succeeded: Mapped[bool] = mapped_column(Boolean)
+    # Issue 12 (login abuse): where the attempt came from, and when an admin cleared a failure.
+    client: Mapped[str | None] = mapped_column(String(64))
+    cleared_at: Mapped[datetime | None]
 
 
 class UserSession(Base):

@@ -31,6 +31,7 @@ PLACEHOLDER_MARKERS = (
     "DEMO_LOCAL",
 )
 DEMO_COOKIE_KEY = "demo-cookie-key-not-for-production-use"
+DEMO_AUDIT_KEY = "demo-audit-key-not-for-production-use"
 MIN_COOKIE_KEY_CHARS = 32
 
 
@@ -76,6 +77,15 @@ class Settings(BaseSettings):
 
     # issue 14: the dashboard's address, put in front of the links in alert messages
     dashboard_url: str | None = None
+
+    # Issue 12 part B (personal data, login abuse, audit anchoring).
+    # Signs audit checkpoints (and keys the pseudonyms the audit log keeps instead of emails).
+    audit_checkpoint_key: SecretStr = SecretStr(DEMO_AUDIT_KEY)
+    # Where `python -m core audit checkpoint` appends signed checkpoints (owner-only file).
+    audit_checkpoint_path: Path = Path("data/audit-checkpoints.jsonl")
+    # A header set by your own reverse proxy naming the client's address (e.g. X-Real-IP);
+    # empty: the address of the connection itself (see README "Logging in").
+    login_client_header: str = ""
 
     @field_validator("stripe_webhook_secrets", mode="before")
     @classmethod
@@ -150,6 +160,13 @@ class Settings(BaseSettings):
             problems.append("COOKIE_KEY holds a placeholder or demo value")
         elif len(cookie) < MIN_COOKIE_KEY_CHARS:
             problems.append(f"COOKIE_KEY is shorter than {MIN_COOKIE_KEY_CHARS} characters")
+        audit_key = self.audit_checkpoint_key.get_secret_value()
+        if audit_key == DEMO_AUDIT_KEY or is_placeholder(audit_key):
+            problems.append("AUDIT_CHECKPOINT_KEY holds a placeholder or demo value")
+        elif len(audit_key) < MIN_COOKIE_KEY_CHARS:
+            problems.append(
+                f"AUDIT_CHECKPOINT_KEY is shorter than {MIN_COOKIE_KEY_CHARS} characters"
+            )
         if self.stripe_secret_key is not None:
             key = self.stripe_secret_key.get_secret_value()
             if is_placeholder(key):

@@ -42,6 +42,7 @@ PAGES: tuple[PageSpec, ...] = (
     PageSpec("fulfillment.py", "Manual fulfillment", "fulfillment.request", ":material/inventory:"),
     PageSpec("operations.py", "Reconcile & replay", "events.replay", ":material/sync:"),
     PageSpec("audit_log.py", "Audit log", "audit.view", ":material/policy:"),
+    PageSpec("users.py", "Users", "users.manage", ":material/group:"),
 )
 # Where each role lands after logging in: the first of these it may use.
 LANDING = ("overview.py", "orders.py")
@@ -121,6 +122,9 @@ def main() -> None:
     current = st.navigation([home, *pages.values()], position="hidden")
     actor = auth.authenticate()
     if actor is None:
+        st.stop()
+    if auth.password_change_required(actor):
+        auth.password_change_form(actor)  # a one-time password: nothing else until changed
         st.stop()
     sidebar(actor, pages)
     current.run()

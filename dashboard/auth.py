@@ -20,8 +20,9 @@ adapters (`Authenticate.login` only calls ``authentication_controller.login`` an
 ``authentication_controller.logout`` and ``cookie_controller.delete_cookie``):
 
 - `_CoreLogin` stands in for the authentication controller. A submitted form goes to
-  ``core.auth.sessions.login``: the lockout first (5 failures within 15 minutes per username,
-  unknown usernames alike, counted in the database), then the bcrypt hash; one message for a wrong
+  ``core.auth.sessions.login``: the lockout first (per username and client, with growing
+  delays, under a higher per-username ceiling; unknown usernames alike, counted in the
+  database; see `login_client` for what "client" is), then the bcrypt hash; one message for a wrong
   password or an unknown user, one for a locked username; every outcome audited. A success
   opens a server-side session: a random token of which ``user_sessions`` stores only an HMAC
   keyed by COOKIE_KEY. Only then is the library told who logged in (through its own token
@@ -62,7 +63,7 @@ import streamlit_authenticator as stauth
 from sqlalchemy.exc import SQLAlchemyError
 from streamlit.delta_generator import DeltaGenerator
 
-from core.auth import permissions, sessions
+from core.auth import manage, permissions, sessions
 from core.auth.permissions import Actor
 from core.auth.users import User, UsersError, as_credentials, load_users
 from core.db import get_engine, session_scope
@@ -87,6 +88,24 @@ FORBIDDEN = "Your role does not give access to this page."
 UNAVAILABLE = "The database is not reachable right now, so nobody can be logged in. Try again soon."
 USERS_UNREADABLE = "Login is unavailable: the users file cannot be read. Ask an operator."
 NO_USERS = "No users are configured yet: an operator adds them with `python -m core users add`."
+
+
+def login_client() -> str | None:
+    """Where a login attempt comes from, as far as the dashboard can know.
+
+    Streamlit 1.67 offers `st.context.ip_address` (the WebSocket peer's address; None when it
+    is localhost) and `st.context.headers` (the HTTP headers of the page's first request).
+    Behind a reverse proxy the peer is the proxy, so every user would share one "client": set
+    LOGIN_CLIENT_HEADER to the header your proxy overwrites with the real address (X-Real-IP,
+    or X-Forwarded-For, of which the last entry, the one your proxy added, is used). Never set
+    it without such a proxy: a header is whatever the browser sends. Clients that share an
+    address (an office NAT) share their delays; the per-username ceiling is the backstop."""
+    header = get_settings().login_client_header.strip()
+    if header:
+        value = st.context.headers.get(header)
+        if value:
+            return value.split(",")[-1].strip() or None
+    return st.context.ip_address
 
 
 def _refuse(message: str) -> NoReturn:
@@ -180,6 +199,38 @@ def may(actor: Actor, permission: str) -> bool:
     """Whether `actor` may do `permission`: for showing or hiding a part of a page (core checks
     again when it is used)."""
     return permissions.allowed(actor.role, permission)
+
+
+def password_change_required(actor: Actor) -> bool:
+    """Whether `actor` still holds a one-time password (set by an admin on the Users page)."""
+    try:
+        return manage.must_change_password(get_settings().auth_config, actor.username)
+    except UsersError:
+        return False  # an unreadable users file already ends every session
+
+
+def password_change_form(actor: Actor) -> None:
+    """The only thing a user with a one-time password sees: a form to replace it."""
+    st.title("Choose your password")
+    st.info("Your password was set by an admin for one use. Choose your own to continue.")
+    with st.form("change_password"):
+        current = st.text_input("Current (one-time) password", type="password")
+        new = st.text_input("New password (at least 12 characters)", type="password")
+        again = st.text_input("Repeat the new password", type="password")
+        if not st.form_submit_button("Change password"):
+            return
+    if new != again:
+        st.error("The two new passwords differ.")
+        return
+    try:
+        with session_scope(get_engine()) as session:
+            manage.change_password(session, actor, get_settings().auth_config, current, new)
+    except UsersError as exc:
+        st.error(str(exc))
+        return
+    except SQLAlchemyError:
+        _refuse(UNAVAILABLE)
+    st.rerun()
 
 
 def cookie_pending() -> bool:
@@ -282,6 +333,7 @@ class _CoreLogin:
                     password,
                     session_hours=settings.session_hours,
                     production=settings.is_production,
+                    client=login_client(),
                 )
         except SQLAlchemyError:
             _refuse(UNAVAILABLE)

@@ -134,11 +134,11 @@ class OrderPage:
 
 
 @st.cache_data(ttl=LOOKUP_TTL_S, max_entries=CACHE_ENTRIES, show_spinner=False)
-def _search_orders(url: str, query: str, limit: int, offset: int) -> OrderPage:
+def _search_orders(url: str, query: str, limit: int, offset: int, full: bool) -> OrderPage:
     with _read(url) as session:
         return OrderPage(
-            orders.search_orders(session, query, limit=limit, offset=offset),
-            orders.count_orders(session, query),
+            orders.search_orders(session, query, limit=limit, offset=offset, full_emails=full),
+            orders.count_orders(session, query, full_emails=full),
         )
 
 
@@ -146,7 +146,8 @@ def _search_orders(url: str, query: str, limit: int, offset: int) -> OrderPage:
 def search_orders(actor: Actor, query: str, *, limit: int, offset: int) -> OrderPage:
     """Orders matching `query` (email, order id, cs_, pi_, cus_, ch_, card last4), newest first."""
     require(actor, "orders.view")
-    page = _search_orders(_url(), query.strip(), limit, offset)
+    # Roles that see emails masked match a whole address only (core.console.orders).
+    page = _search_orders(_url(), query.strip(), limit, offset, _sees_full_emails(actor))
     if _sees_full_emails(actor):
         return page
     masked = page.orders.copy()
@@ -180,12 +181,21 @@ def timeline(actor: Actor, order_id: int) -> list[TimelineEntry]:
     """The order's one timeline, oldest first; emails inside it masked unless allowed."""
     require(actor, "orders.view")
     entries = _timeline(_url(), order_id)
+    if not allowed(actor.role, "risk.review"):
+        # Buyer IP addresses and card fingerprints are for risk review (README "Personal data").
+        entries = [
+            replace(entry, detail={k: v for k, v in entry.detail.items() if k not in _RISK_ONLY})
+            for entry in entries
+        ]
     if _sees_full_emails(actor):
         return entries
     return [
         replace(entry, title=_mask_text(entry.title), detail=_mask_value(entry.detail))
         for entry in entries
     ]
+
+
+_RISK_ONLY = frozenset({"ip_address", "card_fingerprint"})
 
 
 def _sees_full_emails(actor: Actor) -> bool:

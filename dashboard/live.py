@@ -14,8 +14,10 @@ from typing import Any
 import pandas as pd
 import streamlit as st
 
+from core.auth import manage
 from core.auth.permissions import Actor, PermissionDenied, allowed, mask_email, require
-from core.console import fulfillment, promotions, reconcile, retention
+from core.auth.users import UsersError
+from core.console import erasure, fulfillment, promotions, reconcile, retention
 from core.console.fulfillment import ManualOutcome as ManualOutcome  # the pages show it
 from core.console.promotions import NewPromotionCode
 from core.console.stripe_api import (
@@ -682,3 +684,87 @@ def save_rules(
         else ""
     )
     return True, f"Rules version {saved.version} saved and live.{what} The change is audited."
+
+
+# --- Users (admin) and erasure (issue 12 part B) ----------------------------------------------
+# Every action checks `users.manage` / `personal_data.erase` again in core and is audited.
+
+
+@shown
+def users_table(actor: Actor) -> pd.DataFrame:
+    """Every user with role, last login, failed logins, lock state and live sessions."""
+    with session_scope(get_engine(), write=False) as session:
+        rows = manage.list_users(session, actor, get_settings().auth_config)
+    return pd.DataFrame(
+        [
+            {
+                "username": r.username,
+                "name": r.name,
+                "role": r.role,
+                "last login (UTC)": _when(r.last_login),
+                "failed logins (1 h)": r.failed_logins,
+                "locked": "yes" if r.locked else "no",
+                "live sessions": r.live_sessions,
+                "must change password": "yes" if r.must_change_password else "no",
+            }
+            for r in rows
+        ],
+        columns=["username", "name", "role", "last login (UTC)", "failed logins (1 h)",
+                 "locked", "live sessions", "must change password"],
+    )  # fmt: skip
+
+
+def _user_action(run: Any) -> tuple[bool, str, Any]:
+    """Run one audited change in a write transaction; (ok, error message, result)."""
+    try:
+        with session_scope(get_engine()) as session:
+            result = run(session)
+    except (PermissionDenied, UsersError) as exc:
+        return False, str(exc), None
+    data.clear()
+    return True, "", result
+
+
+def unlock_user(actor: Actor, username: str) -> tuple[bool, str]:
+    path = get_settings().auth_config
+    ok, error, cleared = _user_action(lambda s: manage.unlock(s, actor, path, username))
+    return ok, error or f"Unlocked {username}: {cleared} failed login(s) cleared."
+
+
+def revoke_user_sessions(actor: Actor, username: str, confirmation: str) -> tuple[bool, str]:
+    if confirmation.strip().lower() != username:
+        return False, f"Type the username ({username}) to confirm."
+    path = get_settings().auth_config
+    ok, error, ended = _user_action(lambda s: manage.revoke(s, actor, path, username))
+    return ok, error or f"Ended {ended} live session(s) of {username}."
+
+
+def change_user_role(actor: Actor, username: str, role: str, confirmation: str) -> tuple[bool, str]:
+    if confirmation.strip().lower() != username:
+        return False, f"Type the username ({username}) to confirm."
+    path = get_settings().auth_config
+    ok, error, ended = _user_action(lambda s: manage.set_role(s, actor, path, username, role))
+    return ok, error or f"{username} is now {role}; {ended} live session(s) ended."
+
+
+def add_user(actor: Actor, username: str, role: str, name: str) -> tuple[bool, str, str | None]:
+    """(ok, message, the one-time password to show once)."""
+    path = get_settings().auth_config
+    ok, error, password = _user_action(lambda s: manage.add(s, actor, path, username, role, name))
+    if not ok:
+        return False, error, None
+    return True, f"Added {username.strip().lower()} ({role}).", password
+
+
+def erase_person(actor: Actor, who: str, reason: str, *, apply: bool) -> tuple[bool, str]:
+    """Erasure request by email or cus_ id: the dry run's or the erasure's report."""
+    who = who.strip()
+    kind = {"customer": who} if who.startswith("cus_") else {"email": who}
+    try:
+        with session_scope(get_engine(), write=apply) as session:
+            report = erasure.erase(session, actor, reason=reason, apply=apply, **kind)
+    except (PermissionDenied, erasure.ErasureError) as exc:
+        return False, str(exc)
+    if apply:
+        data.clear()
+    return True, report.describe()

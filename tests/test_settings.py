@@ -23,6 +23,7 @@ GOOD_COOKIE = "k9R2vQ7wL4xN8mT1pZ6sB3yH5cF0jD2gA7eU9rW4"
 GOOD_WEBHOOK = "whsec_9f8Kq2LmX7vN4pR1tZ6wB3yH5cJ0dG8s"
 GOOD_LIVE_KEY = "sk_live_51Hq8Zr2LmX7vN4pR1tZ6wB3yH5cJ0dG8sK9"
 GOOD_TEST_KEY = "sk_test_51Hq8Zr2LmX7vN4pR1tZ6wB3yH5cJ0dG8sK9"
+GOOD_AUDIT_KEY = "v3Qm8Lz1Rk7Tb2Ny6Hc9Wd4Jf0Sg5Px8Ua1E"
 
 
 def production(**env: str) -> dict[str, str]:
@@ -31,6 +32,7 @@ def production(**env: str) -> dict[str, str]:
         "APP_ENV": "production",
         "STRIPE_WEBHOOK_SECRETS": GOOD_WEBHOOK,
         "COOKIE_KEY": GOOD_COOKIE,
+        "AUDIT_CHECKPOINT_KEY": GOOD_AUDIT_KEY,
         "STRIPE_SECRET_KEY": GOOD_LIVE_KEY,
         "DATABASE_URL": "postgresql+psycopg://payments@db.internal:5432/payments",
         **env,
@@ -163,6 +165,12 @@ def test_invalid_values_are_refused_in_any_environment(
             {"COOKIE_KEY": DEMO_COOKIE_KEY}, "COOKIE_KEY", DEMO_COOKIE_KEY, id="demo-cookie"
         ),
         pytest.param(
+            {"AUDIT_CHECKPOINT_KEY": "CHANGE_ME_TO_A_LONG_RANDOM_STRING"},
+            "AUDIT_CHECKPOINT_KEY",
+            "CHANGE_ME_TO_A_LONG_RANDOM_STRING",
+            id="audit-key-placeholder",
+        ),
+        pytest.param(
             {"STRIPE_API_BASE": "http://127.0.0.1:8420"},
             "STRIPE_API_BASE",
             "http://127.0.0.1:8420",
@@ -191,6 +199,13 @@ def test_production_lists_every_problem_at_once(monkeypatch: pytest.MonkeyPatch)
         assert name in message
     for value in ("short-9f8Kq2", GOOD_TEST_KEY):
         assert value not in message
+
+
+def test_production_refuses_the_demo_audit_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 12 [B]: checkpoints signed with a published key prove nothing."""
+    env = production()
+    del env["AUDIT_CHECKPOINT_KEY"]
+    assert "AUDIT_CHECKPOINT_KEY" in refused(monkeypatch, env)
 
 
 def test_exactly_32_characters_is_long_enough(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -1,12 +1,25 @@
 """Append-only, hash-chained audit log.
 
 Each row's hash covers its content and the previous row's hash, so editing, deleting or
-reordering any row breaks the chain from that row on, and `verify` says where."""
+reordering any row breaks the chain from that row on, and `verify` says where.
+
+Deleting the *newest* rows leaves a shorter chain that still verifies, so the head is also
+anchored outside the database: `checkpoint` appends the newest (id, hash), signed with
+AUDIT_CHECKPOINT_KEY, to an owner-only file (and the log), and `verify_anchored` checks the
+chain against every checkpoint (see core/auth/anchor.py).
+
+Personal data: the log is never rewritten (erasure keeps it, and its hashes, intact), so it
+holds no customer email or IP address by construction: `record` replaces any it is given, in
+the target and in every text of the details, with a keyed pseudonym (`email:1f3a…`,
+`ip:9bc2…`; HMAC with AUDIT_CHECKPOINT_KEY) that still tells the same person's entries apart."""
 
 from __future__ import annotations
 
 import hashlib
+import hmac
+import ipaddress
 import json
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
@@ -17,6 +30,7 @@ from sqlalchemy.orm import Session
 
 from core.auth.permissions import Actor
 from core.models import AuditEntry, utcnow
+from core.settings import get_settings
 
 GENESIS = "0" * 64
 # Serialises writers on PostgreSQL so the chain never forks (SQLite writers are serial anyway).
@@ -61,6 +75,46 @@ def _fields(entry: _Entry) -> dict[str, Any]:
     }
 
 
+# Emails (a masked "j***@shop.example" is left as it is) and IPv4/IPv6 candidates.
+_EMAIL_RE = re.compile(r"[A-Za-z0-9._%+'-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)+")
+_IP_RE = re.compile(
+    r"(?<![\w.:])(?:\d{1,3}(?:\.\d{1,3}){3}|[0-9A-Fa-f:]*:[0-9A-Fa-f:.]+)(?![\w.:])"
+)
+
+
+def pseudonym(kind: str, value: str) -> str:
+    """A keyed, stable stand-in for an email or IP address (same input, same pseudonym)."""
+    key = get_settings().audit_checkpoint_key.get_secret_value().encode()
+    digest = hmac.new(key, f"{kind}:{value.strip().lower()}".encode(), hashlib.sha256)
+    return f"{kind}:{digest.hexdigest()[:16]}"
+
+
+def _is_ip(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
+
+
+def scrub(text: str) -> str:
+    """`text` with every email and IP address replaced by its pseudonym."""
+    text = _EMAIL_RE.sub(lambda m: pseudonym("email", m.group(0)), text)
+    return _IP_RE.sub(
+        lambda m: pseudonym("ip", m.group(0)) if _is_ip(m.group(0)) else m.group(0), text
+    )
+
+
+def _scrub_value(value: Any) -> Any:
+    if isinstance(value, str):
+        return scrub(value)
+    if isinstance(value, dict):
+        return {key: _scrub_value(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_scrub_value(item) for item in value]
+    return value
+
+
 def record(
     session: Session,
     actor: Actor,
@@ -83,14 +137,14 @@ def record(
         actor=actor.username,
         role=actor.role,
         action=action,
-        target=target,
+        target=scrub(target) if target is not None else None,
         details=details or {},
         stripe_request_id=stripe_request_id,
         idempotency_key=idempotency_key,
         prev_hash=last or GENESIS,
     )
     # Round-trip details through JSON so the hash covers exactly what the database stores.
-    entry.details = json.loads(json.dumps(entry.details, default=str))
+    entry.details = _scrub_value(json.loads(json.dumps(entry.details, default=str)))
     entry.hash = _digest(entry.prev_hash, entry.at, _fields(entry))
     session.add(entry)
     session.flush()

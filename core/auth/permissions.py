@@ -27,6 +27,7 @@ PERMISSIONS: dict[str, frozenset[str]] = {
     "events.replay": frozenset({"admin"}),
     "audit.view": frozenset({"admin"}),
     "users.manage": frozenset({"admin"}),
+    "personal_data.erase": frozenset({"admin"}),
 }
 
 

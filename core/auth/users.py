@@ -10,6 +10,7 @@ library and by people:
           password: $2b$12$...        # bcrypt hash, never a plain password
           roles: [finance]
           demo: false                 # demo users are refused in production
+          must_change_password: false # a one-time password: changed at the next login
 
 Writes are atomic (temporary file + rename) and the file is created readable by its owner only.
 """
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import os
 import re
+import secrets
 import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
@@ -55,6 +57,7 @@ class User:
     role: Role
     password_hash: str
     demo: bool = False
+    must_change_password: bool = False
 
     def __repr__(self) -> str:  # never show the hash in logs or tracebacks
         return f"User(username={self.username!r}, role={self.role!r}, demo={self.demo})"
@@ -134,6 +137,7 @@ def load_users(path: Path) -> dict[str, User]:
             role=cast(Role, role),
             password_hash=password_hash,
             demo=bool(entry.get("demo", False)),
+            must_change_password=bool(entry.get("must_change_password", False)),
         )
     return users
 
@@ -147,6 +151,7 @@ def as_credentials(users: Mapping[str, User]) -> dict[str, Any]:
                 "password": user.password_hash,
                 "roles": [user.role],
                 "demo": user.demo,
+                **({"must_change_password": True} if user.must_change_password else {}),
             }
             for user in sorted(users.values(), key=lambda u: u.username)
         }
@@ -197,6 +202,51 @@ def set_password(users: Mapping[str, User], username: str, password: str) -> dic
         raise UsersError(f"No user {username!r}.")
     validate_password(password)
     updated = replace(users[username], password_hash=hash_password(password), demo=False)
+    return {**users, username: updated}
+
+
+def one_time_password() -> str:
+    """A random initial password for a new user, shown once to the admin who adds them."""
+    return secrets.token_urlsafe(15)  # 20 characters, about 120 bits
+
+
+def add_user_with_one_time_password(
+    users: Mapping[str, User], username: str, role: str, *, name: str | None = None
+) -> tuple[dict[str, User], str]:
+    """A copy of `users` with a new user whose random password must be changed at the first
+    login, and that password (to hand over once; it is not stored anywhere in clear)."""
+    password = one_time_password()
+    updated = add_user(users, username, role, password, name=name)
+    user = replace(updated[validate_username(username)], must_change_password=True)
+    return {**updated, user.username: user}, password
+
+
+def change_role(users: Mapping[str, User], username: str, role: str) -> dict[str, User]:
+    username = normalize_username(username)
+    if username not in users:
+        raise UsersError(f"No user {username!r}.")
+    if role not in ROLES:
+        raise UsersError(f"Unknown role {role!r}: choose one of {', '.join(ROLES)}.")
+    if users[username].role == role:
+        raise UsersError(f"User {username!r} already has the role {role}.")
+    return {**users, username: replace(users[username], role=role)}
+
+
+def change_own_password(
+    users: Mapping[str, User], username: str, current: str, new: str
+) -> dict[str, User]:
+    """A copy of `users` after `username` changed their own password (clears the one-time
+    flag). The current password must be right and the new one different and valid."""
+    username = normalize_username(username)
+    user = users.get(username)
+    if user is None or not check_password(current, user.password_hash):
+        raise UsersError("The current password is not right.")
+    if new == current:
+        raise UsersError("Choose a password different from the current one.")
+    validate_password(new)
+    updated = replace(
+        user, password_hash=hash_password(new), demo=False, must_change_password=False
+    )
     return {**users, username: updated}
 
 

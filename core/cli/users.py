@@ -44,7 +44,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     reset.add_argument("username")
     revoke = sub.add_parser("revoke", help="end every live session of a user")
     revoke.add_argument("username")
-    sub.add_parser("list", help="list users, roles and live sessions")
+    unlock = sub.add_parser("unlock", help="clear a user's failed logins (lockout and delays)")
+    unlock.add_argument("username")
+    sub.add_parser("list", help="list users, roles, lock state and live sessions")
     sub.add_parser("demo", help="create the demo users (refused when APP_ENV=production)")
 
 
@@ -85,10 +87,12 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
         with session_scope(get_engine(settings.database_url), write=False) as session:
             for row in sessions.live_sessions(session):
                 counts[row.username] = counts.get(row.username, 0) + 1
+            locked = {name for name in users if sessions.lock_state(session, name).locked}
         if not users:
             print(f"no users in {path}")
         for user in sorted(users.values(), key=lambda u: u.username):
             demo = " (demo)" if user.demo else ""
+            demo += " LOCKED" if user.username in locked else ""
             live_count = counts.get(user.username, 0)
             print(f"{user.username:<24} {user.role:<8} live sessions: {live_count}{demo}")
         return 0
@@ -125,6 +129,12 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
             revoke="password reset",
         )
         print(f"password changed for {username}; ended {ended} live session(s)")
+        return 0
+    if command == "unlock":
+        # Unknown usernames are cleared too: their failures count the same way.
+        with session_scope(get_engine(settings.database_url)) as session:
+            cleared = sessions.unlock(session, username, by=operator)
+        print(f"cleared {cleared} failed login(s) of {normalize_username(username)}")
         return 0
     if command == "revoke":
         if username.strip().lower() not in users:

@@ -14,6 +14,7 @@ import pandas as pd
 from sqlalchemy import (
     ColumnElement,
     and_,
+    false,
     func,
     literal,
     or_,
@@ -59,11 +60,16 @@ ORDER_COLUMNS = (
 
 
 _ORDER_ID = re.compile(r"^\d{1,18}$")
+_WHOLE_EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 MAX_PAGE = 500
 
 
-def _order_match(query: str) -> ColumnElement[bool] | None:
-    """The condition selecting orders for a search text; each branch is an indexed lookup."""
+def _order_match(query: str, *, full_emails: bool = True) -> ColumnElement[bool] | None:
+    """The condition selecting orders for a search text; each branch is an indexed lookup.
+
+    Roles that see emails masked (`full_emails=False`, no `emails.view_full`) may search by a
+    whole address only: a prefix match would let its result count (or its presence) spell out
+    a masked address letter by letter (issue 12, finding 5)."""
     text = query.strip()
     if not text:
         return None
@@ -91,6 +97,8 @@ def _order_match(query: str) -> ColumnElement[bool] | None:
     # An email, or the start of one: a range on the lower(email) index, then an exact prefix
     # test (the range alone could be loose under a linguistic collation).
     email = func.lower(Order.customer_email)
+    if not full_emails:
+        return email == lowered if _WHOLE_EMAIL.match(lowered) else false()
     upper = lowered[:-1] + chr(ord(lowered[-1]) + 1)
     escaped = lowered.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
     return and_(
@@ -101,12 +109,13 @@ def _order_match(query: str) -> ColumnElement[bool] | None:
 
 
 def search_orders(
-    session: Session, query: str, *, limit: int = 50, offset: int = 0
+    session: Session, query: str, *, limit: int = 50, offset: int = 0, full_emails: bool = True
 ) -> pd.DataFrame:
     """Orders matching an email (case-insensitive, exact or prefix), an order id, a Checkout
     Session id (cs_), PaymentIntent id (pi_), customer id (cus_), charge id (ch_) or card last4
-    (4 digits, which may also be an order id). Newest first."""
-    condition = _order_match(query)
+    (4 digits, which may also be an order id). Newest first. Without `full_emails` an email
+    must be typed in full (see `_order_match`)."""
+    condition = _order_match(query, full_emails=full_emails)
     if condition is None:
         return _frame([], ORDER_COLUMNS)
     columns = [getattr(Order, name) for name in ORDER_COLUMNS]
@@ -125,9 +134,9 @@ def search_orders(
     return frame
 
 
-def count_orders(session: Session, query: str) -> int:
+def count_orders(session: Session, query: str, *, full_emails: bool = True) -> int:
     """How many orders `search_orders` would page through."""
-    condition = _order_match(query)
+    condition = _order_match(query, full_emails=full_emails)
     if condition is None:
         return 0
     return int(

@@ -13,14 +13,19 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from sqlalchemy import Engine, func, select
 
+from core.__main__ import main as cli
 from core.auth import audit, permissions, sessions
 from core.auth.permissions import Actor, PermissionDenied
 from core.auth.sessions import (
     BAD_CREDENTIALS,
+    CLIENT_FREE_FAILURES,
+    FAILURE_MEMORY,
     LOCKED_OUT,
-    LOCKOUT_FAILURES,
-    LOCKOUT_WINDOW,
+    MAX_DELAY,
+    USER_CEILING,
     LoginResult,
+    client_delay,
+    wait_message,
 )
 from core.auth.users import User, hash_password
 from core.db import make_engine, session_scope
@@ -30,6 +35,8 @@ from core.settings import get_settings
 T0 = datetime(2026, 3, 1, 9, 0, tzinfo=UTC)
 PASSWORD = "correct horse battery"
 WRONG = "wrong password guess"
+OFFICE = "198.51.100.10"  # where alice and bob work from
+ATTACKER = "203.0.113.66"
 USERS = {
     "alice": User("alice", "Alice", "finance", hash_password(PASSWORD, rounds=4)),
     "bob": User("bob", "Bob", "support", hash_password(PASSWORD, rounds=4)),
@@ -45,10 +52,18 @@ def attempt(
     *,
     users: dict[str, User] = USERS,
     production: bool = False,
+    client: str | None = OFFICE,
 ) -> LoginResult:
     with session_scope(engine) as session:
         return sessions.login(
-            session, users, username, password, session_hours=8, production=production, now=at
+            session,
+            users,
+            username,
+            password,
+            session_hours=8,
+            production=production,
+            now=at,
+            client=client,
         )
 
 
@@ -106,58 +121,131 @@ def test_unknown_permission_is_a_programming_error() -> None:
 
 
 @pytest.mark.parametrize("username", ["alice", "nobody-here"])
-def test_five_failures_lock_the_username_across_a_restart(db_url: str, username: str) -> None:
+def test_a_clients_failures_make_it_wait_longer_and_longer_across_a_restart(
+    db_url: str, username: str
+) -> None:
     engine = make_engine(db_url)
-    results = [
-        attempt(engine, username, WRONG, T0 + timedelta(seconds=i)) for i in range(LOCKOUT_FAILURES)
-    ]
-    assert [r.message for r in results] == [BAD_CREDENTIALS] * 4 + [LOCKED_OUT]
-    assert not any(r.ok for r in results)
+    results = [attempt(engine, username, WRONG, T0) for _ in range(CLIENT_FREE_FAILURES)]
+    assert [r.message for r in results] == [BAD_CREDENTIALS] * 2 + [wait_message(client_delay(3))]
     engine.dispose()
 
     restarted = make_engine(db_url)
-    # The right password during the lockout is refused, without saying it was right.
-    during = attempt(restarted, username, PASSWORD, T0 + timedelta(minutes=10))
-    assert (during.ok, during.message, during.locked) == (False, LOCKED_OUT, True)
+    # The right password while the client must wait is refused, without saying it was right.
+    during = attempt(restarted, username, PASSWORD, T0 + timedelta(seconds=10))
+    assert (during.ok, during.message, during.locked) == (
+        False,
+        wait_message(timedelta(seconds=5)),
+        True,
+    )
     assert during.token is None
-    # Refused attempts do not extend the lock: it ends a window after the fifth failure.
-    after = attempt(restarted, username, PASSWORD, T0 + timedelta(seconds=4) + LOCKOUT_WINDOW)
+    # Refused attempts do not extend the wait; each further failure doubles it, up to a cap.
+    at = T0 + client_delay(3)
+    fourth = attempt(restarted, username, WRONG, at + timedelta(seconds=1))
+    assert fourth.message == wait_message(client_delay(4)) == wait_message(timedelta(seconds=30))
+    assert client_delay(5) == 2 * client_delay(4) and client_delay(40) == MAX_DELAY
+    after = attempt(restarted, username, PASSWORD, at + client_delay(4) + timedelta(seconds=2))
     if username in USERS:
         assert after.ok and after.actor == Actor("alice", "finance")
     else:
-        assert (after.ok, after.message) == (False, BAD_CREDENTIALS)
+        assert (after.ok, after.message) == (False, wait_message(client_delay(5)))
     restarted.dispose()
+
+
+@pytest.mark.parametrize("victim", ["alice", "admin-root"])
+def test_failures_from_elsewhere_do_not_lock_the_user_out(db_url: str, victim: str) -> None:
+    """Finding 6: five wrong passwords locked any username, admin included, for 15 minutes,
+    from anywhere, and only waiting undid it."""
+    users = {
+        **USERS,
+        "admin-root": User("admin-root", "Root", "admin", USERS["alice"].password_hash),
+    }
+    engine = make_engine(db_url)
+    for _ in range(5):
+        attempt(engine, victim, WRONG, T0, users=users, client=ATTACKER)
+    ok = attempt(engine, victim, PASSWORD, T0 + timedelta(seconds=1), users=users, client=OFFICE)
+    assert ok.ok, ok.message
+    assert attempt(
+        engine, victim, PASSWORD, T0 + timedelta(seconds=2), users=users, client=ATTACKER
+    ).locked
+    engine.dispose()
+
+
+def test_the_ceiling_stops_a_distributed_guess_but_not_known_clients_and_unlock_ends_it(
+    sqlite_engine: Engine,
+    monkeypatch: pytest.MonkeyPatch,
+    sqlite_url: str,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Finding 6: `python -m core users unlock <name>` undoes a lock without waiting."""
+    assert attempt(sqlite_engine, "alice", PASSWORD, T0 - timedelta(days=2)).ok  # from OFFICE
+    for n in range(USER_CEILING):  # many clients, two guesses each
+        attempt(sqlite_engine, "alice", WRONG, T0 + timedelta(seconds=n), client=f"10.0.{n // 2}.1")
+    later = T0 + timedelta(minutes=5)
+    assert (
+        attempt(sqlite_engine, "alice", PASSWORD, later, client="192.0.2.200").message == LOCKED_OUT
+    )
+    assert attempt(sqlite_engine, "alice", PASSWORD, later, client=OFFICE).ok  # a known client
+    with session_scope(sqlite_engine, write=False) as session:
+        state = sessions.lock_state(session, "alice", later)
+    assert state.locked and state.failures == USER_CEILING and state.last_login == later
+
+    monkeypatch.setenv("DATABASE_URL", sqlite_url)
+    get_settings.cache_clear()
+    assert cli(["users", "unlock", "ALICE"]) == 0
+    assert "cleared 50 failed login(s)" in capsys.readouterr().out
+    assert attempt(sqlite_engine, "alice", PASSWORD, later, client="192.0.2.200").ok
+    assert "login.unlocked" in actions(sqlite_engine)
+    # The ceiling also ends by itself once the failures are older than the memory.
+    for n in range(USER_CEILING):
+        attempt(sqlite_engine, "bob", WRONG, T0 + timedelta(seconds=n), client=f"10.1.{n // 2}.1")
+    assert attempt(sqlite_engine, "bob", PASSWORD, later, client="192.0.2.9").locked
+    assert attempt(
+        sqlite_engine,
+        "bob",
+        PASSWORD,
+        T0 + FAILURE_MEMORY + timedelta(minutes=1),
+        client="192.0.2.9",
+    ).ok
 
 
 def test_unknown_and_known_usernames_get_the_same_answers(sqlite_engine: Engine) -> None:
     def messages(username: str) -> list[str | None]:
         return [
-            attempt(sqlite_engine, username, WRONG, T0 + timedelta(seconds=i)).message
-            for i in range(LOCKOUT_FAILURES + 2)
+            attempt(sqlite_engine, username, WRONG, T0 + timedelta(minutes=i)).message
+            for i in range(CLIENT_FREE_FAILURES + 3)
         ]
 
     assert messages("alice") == messages("nobody")
 
 
 def test_usernames_are_compared_case_insensitively_for_lockout(sqlite_engine: Engine) -> None:
-    for i, spelling in enumerate(["alice", "ALICE", " Alice", "aLiCe ", "alice"]):
-        attempt(sqlite_engine, spelling, WRONG, T0 + timedelta(seconds=i))
-    assert attempt(sqlite_engine, "alice", PASSWORD, T0 + timedelta(minutes=1)).locked
+    for spelling in ["alice", "ALICE", " Alice"]:
+        attempt(sqlite_engine, spelling, WRONG, T0)
+    assert attempt(sqlite_engine, "aLiCe ", PASSWORD, T0 + timedelta(seconds=1)).locked
 
 
-def test_failures_older_than_the_window_do_not_count(sqlite_engine: Engine) -> None:
-    for i in range(LOCKOUT_FAILURES - 1):
-        attempt(sqlite_engine, "alice", WRONG, T0 + timedelta(seconds=i))
-    later = T0 + LOCKOUT_WINDOW + timedelta(seconds=10)
+def test_failures_older_than_the_memory_do_not_count(sqlite_engine: Engine) -> None:
+    for _ in range(CLIENT_FREE_FAILURES):
+        attempt(sqlite_engine, "alice", WRONG, T0)
+    later = T0 + FAILURE_MEMORY + timedelta(seconds=10)
     assert attempt(sqlite_engine, "alice", WRONG, later).message == BAD_CREDENTIALS
     assert attempt(sqlite_engine, "alice", PASSWORD, later + timedelta(seconds=1)).ok
 
 
+def test_a_success_resets_its_clients_count(sqlite_engine: Engine) -> None:
+    for _ in range(CLIENT_FREE_FAILURES - 1):
+        attempt(sqlite_engine, "alice", WRONG, T0)
+    assert attempt(sqlite_engine, "alice", PASSWORD, T0 + timedelta(seconds=1)).ok
+    assert (
+        attempt(sqlite_engine, "alice", WRONG, T0 + timedelta(seconds=2)).message == BAD_CREDENTIALS
+    )
+
+
 def test_lockout_is_per_username(sqlite_engine: Engine) -> None:
-    for i in range(LOCKOUT_FAILURES):
-        attempt(sqlite_engine, "alice", WRONG, T0 + timedelta(seconds=i))
-    assert attempt(sqlite_engine, "bob", PASSWORD, T0 + timedelta(minutes=1)).ok
-    assert attempt(sqlite_engine, "alice", PASSWORD, T0 + timedelta(minutes=1)).locked
+    for _ in range(CLIENT_FREE_FAILURES):
+        attempt(sqlite_engine, "alice", WRONG, T0)
+    assert attempt(sqlite_engine, "bob", PASSWORD, T0 + timedelta(seconds=1)).ok
+    assert attempt(sqlite_engine, "alice", PASSWORD, T0 + timedelta(seconds=1)).locked
 
 
 def test_concurrent_guesses_cannot_exceed_the_limit(db_url: str) -> None:
@@ -176,8 +264,8 @@ def test_concurrent_guesses_cannot_exceed_the_limit(db_url: str) -> None:
         thread.join()
     with session_scope(engine, write=False) as session:
         counted = session.execute(select(func.count()).select_from(LoginAttempt)).scalar_one()
-    assert counted == LOCKOUT_FAILURES
-    assert sum(r.message == LOCKED_OUT for r in results) == 8 - (LOCKOUT_FAILURES - 1)
+    assert counted == CLIENT_FREE_FAILURES
+    assert sum(r.message == BAD_CREDENTIALS for r in results) == CLIENT_FREE_FAILURES - 1
     engine.dispose()
 
 
@@ -205,15 +293,14 @@ def test_production_refuses_demo_users(sqlite_engine: Engine) -> None:
 
 def test_every_login_outcome_is_audited_in_an_intact_chain(db_url: str) -> None:
     engine = make_engine(db_url)
-    for i in range(LOCKOUT_FAILURES):
-        attempt(engine, "alice", WRONG, T0 + timedelta(seconds=i))
-    attempt(engine, "alice", PASSWORD, T0 + timedelta(minutes=1))
+    for _ in range(CLIENT_FREE_FAILURES):
+        attempt(engine, "alice", WRONG, T0)
+    attempt(engine, "alice", PASSWORD, T0 + timedelta(seconds=1))
     ok = attempt(engine, "bob", PASSWORD, T0 + timedelta(minutes=2))
     with session_scope(engine) as session:
         sessions.logout(session, ok.token, now=T0 + timedelta(minutes=3))
     assert actions(engine) == [
-        *["login.failed"] * LOCKOUT_FAILURES,
-        "login.locked_out",
+        *["login.failed"] * CLIENT_FREE_FAILURES,
         "login.refused_locked",
         "login.succeeded",
         "logout",

@@ -282,6 +282,7 @@ def test_demo_users_are_idempotent_and_refused_in_production(
     monkeypatch.setenv("APP_ENV", "production")
     monkeypatch.setenv("STRIPE_WEBHOOK_SECRETS", "whsec_" + "k3y" * 12)
     monkeypatch.setenv("COOKIE_KEY", "c" * 48)
+    monkeypatch.setenv("AUDIT_CHECKPOINT_KEY", "a" * 48)
     reset_caches()
     capsys.readouterr()
     assert cli(["users", "demo"]) == 1
