@@ -19,7 +19,6 @@ from core.console import fulfillment, promotions, reconcile
 from core.console.fulfillment import ManualOutcome as ManualOutcome  # the pages show it
 from core.console.promotions import NewPromotionCode
 from core.console.stripe_api import (
-    ActionResult,
     StripeApi,
     StripeProblem,
     client_from_settings,
@@ -27,7 +26,7 @@ from core.console.stripe_api import (
 )
 from core.db import get_engine, session_scope
 from core.models import PaymentAttempt, RiskFlag
-from core.money import format_minor, to_major
+from core.money import CURRENCIES, format_minor, to_major
 from core.risk import reviews
 from core.runtime import webhook_context
 from core.settings import Settings, get_settings
@@ -82,6 +81,12 @@ def promotion_codes(actor: Actor) -> list[promotions.PromotionCodeView]:
     return promotions.list_promotion_codes(client(), actor)
 
 
+def _count(value: int | None, none: str = "–") -> str:
+    """A count from Stripe as text: any integer renders (a 20-digit redemption limit
+    overflowed the table's int64 column and crashed the page)."""
+    return none if value is None else f"{value:,}"
+
+
 def codes_table(codes: list[promotions.PromotionCodeView]) -> pd.DataFrame:
     return pd.DataFrame(
         [
@@ -89,8 +94,8 @@ def codes_table(codes: list[promotions.PromotionCodeView]) -> pd.DataFrame:
                 "code": c.code,
                 "active": c.active,
                 "terms": c.coupon.describe() if c.coupon else "–",
-                "redeemed": c.times_redeemed,
-                "limit": c.max_redemptions,
+                "redeemed": _count(c.times_redeemed),
+                "limit": _count(c.max_redemptions, "none"),
                 "expires (UTC)": _when(c.expires_at),
                 "restrictions": c.restrictions,
                 "id": c.id,
@@ -99,7 +104,7 @@ def codes_table(codes: list[promotions.PromotionCodeView]) -> pd.DataFrame:
         ],
         columns=["code", "active", "terms", "redeemed", "limit", "expires (UTC)",
                  "restrictions", "id"],
-    ).astype({"limit": "Int64"})  # fmt: skip
+    )  # fmt: skip
 
 
 @shown
@@ -136,23 +141,34 @@ def promotion_health(actor: Actor, codes: list[promotions.PromotionCodeView], da
     return per_day, per_code, promotions.watch_list(codes, now)
 
 
-def create_code(actor: Actor, form: dict[str, Any]) -> tuple[ActionResult | None, list[str]]:
-    """Validate, then create; (result, problems). Nothing is sent when there is a problem."""
+def currencies() -> list[str]:
+    """The currencies a promotion's amounts may be in (Stripe's), for a picker."""
+    return sorted(CURRENCIES)
+
+
+def check_promotion(form: dict[str, Any]) -> tuple[NewPromotionCode | None, dict[str, str]]:
+    """The code the form describes, or each field's problem (nothing is sent meanwhile)."""
     try:
-        new = NewPromotionCode.parse(form, now=datetime.now(UTC))
+        return NewPromotionCode.parse(form, now=datetime.now(UTC)), {}
     except promotions.InvalidPromotion as invalid:
-        return None, invalid.problems
+        return None, invalid.fields
+
+
+def create_code(actor: Actor, new: NewPromotionCode) -> tuple[bool, str]:
+    """Create the code (keyed by this form's token: a repeat does nothing); (ok, message
+    naming what was created)."""
+    token = form_token("promo_create")
     try:
-        result = promotions.create_promotion_code(
-            get_engine(), client(), actor, new, form_token("promo_create")
-        )
+        result = promotions.create_promotion_code(get_engine(), client(), actor, new, token)
     except StripeProblem as problem:
-        return None, [problem.message]
+        return False, problem.message
     next_action("promo_create")
-    return result, []
+    done = " (it had already been created)" if result.already_done else ""
+    return True, f"Created promotion code {new.code} ({result.result_id}){done}: {new.describe()}."
 
 
-def set_code_active(actor: Actor, code_id: str, active: bool) -> tuple[bool, str]:
+def set_code_active(actor: Actor, code_id: str, code: str, active: bool) -> tuple[bool, str]:
+    """Deactivate or reactivate the code `code_id` (shown as `code`); (ok, message naming it)."""
     name = f"promo_active_{code_id}_{active}"
     try:
         result = promotions.set_active(
@@ -161,8 +177,9 @@ def set_code_active(actor: Actor, code_id: str, active: bool) -> tuple[bool, str
     except (StripeProblem, promotions.InvalidPromotion) as problem:
         return False, str(problem)
     next_action(name)
-    verb = "reactivated" if active else "deactivated"
-    return True, f"Promotion code {verb}." + (" (already done)" if result.already_done else "")
+    verb = "Reactivated" if active else "Deactivated"
+    done = " (already done)" if result.already_done else ""
+    return True, f"{verb} promotion code {code} ({code_id}){done}."
 
 
 # --- Manual fulfillment -------------------------------------------------------------------------
@@ -423,14 +440,14 @@ def _attempts_frame(rows: list[PaymentAttempt], actor: Actor) -> pd.DataFrame:
 
 @shown
 def flags(actor: Actor, status: str | None = "open") -> list[FlagView]:
-    require(actor, "reviews.review")
+    require(actor, "risk.review")
     with session_scope(get_engine(), write=False) as session:
         return [_view(f, actor) for f in reviews.list_flags(session, status)]
 
 
 @shown
 def detail(actor: Actor, flag_id: int) -> FlagDetail | None:
-    require(actor, "reviews.review")
+    require(actor, "risk.review")
     with session_scope(get_engine(), write=False) as session:
         flag = session.get(RiskFlag, flag_id)
         if flag is None:
