@@ -7,6 +7,7 @@ they hold no SQL and make no Stripe call themselves."""
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -15,7 +16,7 @@ import pandas as pd
 import streamlit as st
 
 from core.auth.permissions import Actor, PermissionDenied, allowed, mask_email, require
-from core.console import fulfillment, promotions, reconcile
+from core.console import fulfillment, jobs, promotions, reconcile
 from core.console.fulfillment import ManualOutcome as ManualOutcome  # the pages show it
 from core.console.promotions import NewPromotionCode
 from core.console.stripe_api import (
@@ -251,10 +252,37 @@ def perform(actor: Actor, order_id: int, reason: str, confirmation: str) -> Manu
 # --- Reconcile and replay -----------------------------------------------------------------------
 
 
-@shown
-def run_reconcile(actor: Actor, days: int) -> reconcile.ReconcileReport:
+def start_reconcile(actor: Actor, days: int) -> tuple[bool, str]:
+    """Start a reconciliation in the background, once: the lock in the database makes every
+    other session (and the CLI) wait, and this form's token makes a repeated click of the same
+    request do nothing. (started or already running for this request, message)."""
+    token = form_token("reconcile")
     settings = get_settings()
-    return reconcile.reconcile(get_engine(), client(), webhook_context(settings), actor, days=days)
+    engine = get_engine()
+    try:
+        stripe = client()
+        claimed = reconcile.start(engine, actor, token, days=days)
+    except (StripeProblem, reconcile.ReconcileBusy, PermissionDenied) as problem:
+        return False, getattr(problem, "message", None) or str(problem)
+    next_action("reconcile")
+    if claimed == "already":
+        return True, "This reconciliation was already started; it runs once."
+    threading.Thread(
+        target=reconcile.run_claimed,
+        args=(engine, stripe, webhook_context(settings), actor, token),
+        kwargs={"days": days},
+        name=f"reconcile-{token[:8]}",
+        daemon=True,
+    ).start()
+    return True, f"Reconciliation of the last {days} days started."
+
+
+@shown
+def reconcile_state(actor: Actor) -> jobs.JobState | None:
+    """The reconciliation job as every session sees it: running (with progress) or its last
+    report."""
+    require(actor, "events.replay")
+    return jobs.state(get_engine(), reconcile.JOB)
 
 
 def run_replay(actor: Actor, event_id: str, *, dry_run: bool) -> reconcile.ReplayResult | str:

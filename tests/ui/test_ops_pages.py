@@ -3,14 +3,16 @@ the offline-demo stand-in serving Stripe-shaped answers derived from the test da
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
-from typing import Any
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 from sqlalchemy import Engine, func, select
 from streamlit.testing.v1 import AppTest
 
+from core.console import jobs
 from core.db import make_engine, session_scope
 from core.models import AuditEntry, Fulfillment, Order, StripeEvent
 from core.webhook import orders
@@ -98,7 +100,7 @@ def test_pages_per_role(
 def field(at: AppTest, label: str) -> Any:
     """The widget labelled `label` (the create form's keys change with each generation)."""
     for kind in ("text_input", "selectbox", "checkbox"):
-        found = [w for w in at.get(kind) if w.label == label]
+        found = [w for w in at.get(kind) if getattr(w, "label", None) == label]
         if found:
             return found[0]
     raise AssertionError(f"no field {label!r}")
@@ -274,9 +276,69 @@ def test_admin_fulfils_directly_and_a_second_try_is_told(sqlite_url: str, standi
         assert session.execute(select(func.count()).select_from(Fulfillment)).scalar_one() == 2
 
 
+def wait_for_reconciliation(sqlite_url: str, timeout: float = 30) -> None:
+    engine = make_engine(sqlite_url)
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            state = jobs.state(engine, "reconcile")
+            if state is not None and not state.running:
+                return
+            time.sleep(0.1)
+    finally:
+        engine.dispose()
+    raise AssertionError("the reconciliation did not finish")
+
+
+def reconcile_audits(sqlite_url: str) -> int:
+    with session_scope(make_engine(sqlite_url), write=False) as session:
+        return session.execute(
+            select(func.count())
+            .select_from(AuditEntry)
+            .where(AuditEntry.action == "events.reconcile")
+        ).scalar_one()
+
+
+def test_a_double_clicked_reconciliation_runs_once(sqlite_url: str, standin: StandIn) -> None:
+    """Finding 5 (issue 13): a second click on "Run reconciliation" started a second full
+    run beside the first (two audit entries). The second click of the same button now does
+    nothing, the button is disabled while the job runs, and the report names who ran it."""
+    admin = app_as("admin", sqlite_url, page="pages/operations.py")
+    run = next(b for b in admin.button if str(b.label).startswith("Run reconciliation"))
+    run.click().run()
+    assert not admin.exception, admin.exception
+    run.click().run()  # the same button clicked again: a double click
+    assert not admin.exception, admin.exception
+    wait_for_reconciliation(sqlite_url)
+    admin.run()
+    assert reconcile_audits(sqlite_url) == 1
+    assert "nothing to do" in admin.code[0].value
+    assert any(
+        c.value.startswith("Last reconciliation finished: started by admin at")
+        for c in admin.caption
+    )
+
+
+def test_a_running_reconciliation_disables_the_button_everywhere(
+    sqlite_url: str, standin: StandIn
+) -> None:
+    engine = make_engine(sqlite_url)
+    claimed, _ = jobs.claim(engine, "reconcile", "cron", "other-process")
+    jobs.progress(engine, "reconcile", "other-process", "applying missing events", 2, 8)
+    engine.dispose()
+    assert claimed == "started"
+    admin = app_as("admin", sqlite_url, page="pages/operations.py")
+    run = next(b for b in admin.button if str(b.label).startswith("Run reconciliation"))
+    assert run.disabled
+    assert admin.status[0].label == "Reconciliation running: applying missing events"
+    assert reconcile_audits(sqlite_url) == 0
+
+
 def test_operations_reconcile_and_replay(sqlite_url: str, standin: StandIn) -> None:
     admin = app_as("admin", sqlite_url, page="pages/operations.py")
-    click(admin, "Run reconciliation")
+    click(admin, "Run reconciliation (last 30 days)")
+    wait_for_reconciliation(sqlite_url)
+    admin.run()
     report = admin.code[0].value
     assert "nothing to do" in report  # the stand-in's events are ours: nothing is missing
 
@@ -317,9 +379,13 @@ def test_unreachable_standin_is_a_message_not_a_trace(
 ) -> None:
     monkeypatch.setenv("STRIPE_API_BASE", "http://127.0.0.1:9")  # nothing listens there
     at = app_as("admin", sqlite_url, page="pages/operations.py")
-    click(at, "Run reconciliation")
-    assert "Stripe could not be reached" in texts(at)
-    assert not at.code
+    click(at, "Run reconciliation (last 30 days)")
+    wait_for_reconciliation(sqlite_url)
+    at.run()
+    assert not at.exception
+    assert at.code[0].value.startswith("failed: Stripe could not be reached")
+    assert any(c.value.startswith("Last reconciliation FAILED") for c in at.caption)
+    assert reconcile_audits(sqlite_url) == 0
 
 
 def test_an_admin_cannot_approve_their_own_request_on_the_page(
