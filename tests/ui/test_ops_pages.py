@@ -264,12 +264,25 @@ def test_support_requests_and_admin_approves(sqlite_url: str, standin: StandIn) 
         assert order is not None and order.status == "fulfilled"
 
 
+def test_the_request_form_is_empty_after_a_success(sqlite_url: str, standin: StandIn) -> None:
+    """Finding 6 (issue 13): forms kept their values after success, ready to be sent again."""
+    support = app_as("support", sqlite_url, page="pages/fulfillment.py")
+    support.number_input(key="mf_order").set_value(2)
+    support.text_area(key="mf_reason").input(REASON)
+    support.text_input(key="mf_confirm").input("2")
+    click(support, "Request fulfillment")
+    assert "Requested manual fulfillment of order 2 (#1)" in texts(support)
+    assert support.number_input(key="mf_order_1").value is None
+    assert support.text_area(key="mf_reason_1").value == ""
+    assert support.text_input(key="mf_confirm_1").value == ""
+
+
 def test_admin_fulfils_directly_and_a_second_try_is_told(sqlite_url: str, standin: StandIn) -> None:
     admin = app_as("admin", sqlite_url, page="pages/fulfillment.py")
-    for _ in range(2):
-        admin.number_input(key="mf_d_order").set_value(2)
-        admin.text_area(key="mf_d_reason").input(REASON)
-        admin.text_input(key="mf_d_confirm").input("2")
+    for suffix in ("", "_1"):  # the form is a new, empty one after the first success
+        admin.number_input(key=f"mf_d_order{suffix}").set_value(2)
+        admin.text_area(key=f"mf_d_reason{suffix}").input(REASON)
+        admin.text_input(key=f"mf_d_confirm{suffix}").input("2")
         click(admin, "Fulfil now")
     assert "Order 2 is already fulfilled." in texts(admin)
     with session_scope(make_engine(sqlite_url), write=False) as session:
