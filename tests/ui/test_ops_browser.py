@@ -21,19 +21,19 @@ from typing import Any
 import pytest
 from playwright.sync_api import Browser, Locator, Page, expect
 from playwright.sync_api import TimeoutError as PlaywrightTimeoutError
-from sqlalchemy import Engine, or_, select
+from sqlalchemy import Engine, func, or_, select
 from sqlalchemy.orm import Session
 
 from core.auth import audit
 from core.db import make_engine, session_scope
-from core.models import AuditEntry, Fulfillment, FulfillmentRequest, Order
+from core.models import AuditEntry, Fulfillment, FulfillmentRequest, Order, UserSession
 from core.webhook.fulfillment import FulfillmentDeferred
 from core.webhook.handlers import Context
 from core.webhook.receive import receive
 from demo.standin import StandIn, start_in_thread
 from tests.conftest import SECRET
 from tests.support import stripe_objects as so
-from tests.support.apptest import write_users
+from tests.support.apptest import PASSWORDS, write_users
 from tests.support.dashboard_server import streamlit_dashboard
 from tests.ui.test_browser import (
     ARTIFACTS,
@@ -360,3 +360,33 @@ def test_admin_manages_a_code_and_approves_a_support_request(
     assert entries[-1].details["request_id"] == request.id
     assert manual is not None and manual.startswith("req_standin_")
     assert chain.ok, chain.describe()
+
+
+def test_a_double_clicked_log_in_opens_one_session(
+    ops_dashboard: OpsDashboard, browser: Browser
+) -> None:
+    """Finding 5 (issue 13): double-clicking "Log in" opened two sessions."""
+    context = browser.new_context(viewport={"width": 1400, "height": 1200})
+    context.set_default_timeout(STEP_TIMEOUT_MS)
+    page = context.new_page()
+    try:
+        page.goto(ops_dashboard.url)
+        page.get_by_role("textbox", name="Username").fill("finance")
+        page.get_by_role("textbox", name="Password").fill(PASSWORDS["finance"])
+        page.get_by_role("button", name="Log in").dblclick()
+        expect(page.get_by_test_id("stSidebar")).to_contain_text("Signed in as finance")
+        expect(page.get_by_role("heading", level=1).first).to_be_visible()
+        page.wait_for_timeout(1_000)  # a second run, if any, has had its time
+    finally:
+        context.close()
+    engine = make_engine(ops_dashboard.db_url)
+    try:
+        with session_scope(engine, write=False) as session:
+            opened = session.execute(
+                select(func.count())
+                .select_from(UserSession)
+                .where(UserSession.username == "finance")
+            ).scalar_one()
+    finally:
+        engine.dispose()
+    assert opened == 1
