@@ -272,6 +272,8 @@ class _CoreLogin:
         if not self._users:
             self.warning = NO_USERS
             return False
+        if self._already_signed_in(username):
+            return True
         settings = get_settings()
         try:
             with session_scope(get_engine()) as session:
@@ -292,6 +294,19 @@ class _CoreLogin:
         st.session_state[TOKEN_KEY] = result.token
         st.session_state[COOKIE_PENDING_KEY] = True
         self._signed_in(result.actor)
+        return True
+
+    def _already_signed_in(self, username: str) -> bool:
+        """A repeated submission (a double click on "Log in") of a browser session that the
+        first one already signed in as `username` reuses that session: one login, one
+        server-side session."""
+        token = st.session_state.get(TOKEN_KEY)
+        if not isinstance(token, str) or not token:
+            return False
+        actor = _resume(token, self._users)
+        if actor is None or actor.username != username:
+            return False
+        self._signed_in(actor)
         return True
 
     def _signed_in(self, actor: Actor) -> None:

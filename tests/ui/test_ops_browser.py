@@ -25,6 +25,7 @@ from sqlalchemy import Engine, func, or_, select
 from sqlalchemy.orm import Session
 
 from core.auth import audit
+from core.auth.users import User, hash_password, load_users, save_users
 from core.db import make_engine, session_scope
 from core.models import AuditEntry, Fulfillment, FulfillmentRequest, Order, UserSession
 from core.webhook.fulfillment import FulfillmentDeferred
@@ -33,7 +34,7 @@ from core.webhook.receive import receive
 from demo.standin import StandIn, start_in_thread
 from tests.conftest import SECRET
 from tests.support import stripe_objects as so
-from tests.support.apptest import PASSWORDS, write_users
+from tests.support.apptest import write_users
 from tests.support.dashboard_server import streamlit_dashboard
 from tests.ui.test_browser import (
     ARTIFACTS,
@@ -105,12 +106,26 @@ def ops_dashboard(
     with absurd_standin(db_url) as stripe_base:
         env = {
             "DATABASE_URL": db_url,
-            "AUTH_CONFIG": str(write_users(workdir / "users.yaml")),
+            "AUTH_CONFIG": str(with_real_cost_user(write_users(workdir / "users.yaml"))),
             "STRIPE_WEBHOOK_SECRETS": SECRET,
             "STRIPE_API_BASE": stripe_base,  # no STRIPE_SECRET_KEY: the offline stand-in
         }
         with streamlit_dashboard(workdir, env) as (url, log):
             yield OpsDashboard(url, db_url, waiting_order, log)
+
+
+REAL_COST_USER, REAL_COST_PASSWORD = "careful", "a-long-enough-password-2026"
+
+
+def with_real_cost_user(path: Path) -> Path:
+    """Add a finance user hashed at the production bcrypt cost: a login then takes long enough
+    (a quarter of a second) for a double click to land while the first is still running."""
+    users = load_users(path)
+    users[REAL_COST_USER] = User(
+        REAL_COST_USER, REAL_COST_USER, "finance", hash_password(REAL_COST_PASSWORD)
+    )
+    save_users(path, users)
+    return path
 
 
 @contextmanager
@@ -371,10 +386,10 @@ def test_a_double_clicked_log_in_opens_one_session(
     page = context.new_page()
     try:
         page.goto(ops_dashboard.url)
-        page.get_by_role("textbox", name="Username").fill("finance")
-        page.get_by_role("textbox", name="Password").fill(PASSWORDS["finance"])
+        page.get_by_role("textbox", name="Username").fill(REAL_COST_USER)
+        page.get_by_role("textbox", name="Password").fill(REAL_COST_PASSWORD)
         page.get_by_role("button", name="Log in").dblclick()
-        expect(page.get_by_test_id("stSidebar")).to_contain_text("Signed in as finance")
+        expect(page.get_by_test_id("stSidebar")).to_contain_text(f"Signed in as {REAL_COST_USER}")
         expect(page.get_by_role("heading", level=1).first).to_be_visible()
         page.wait_for_timeout(1_000)  # a second run, if any, has had its time
     finally:
@@ -385,7 +400,7 @@ def test_a_double_clicked_log_in_opens_one_session(
             opened = session.execute(
                 select(func.count())
                 .select_from(UserSession)
-                .where(UserSession.username == "finance")
+                .where(UserSession.username == REAL_COST_USER)
             ).scalar_one()
     finally:
         engine.dispose()
