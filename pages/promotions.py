@@ -27,7 +27,7 @@ with right:
     st.subheader("Watch list")
     if watch:
         for warning in watch:
-            st.warning(f"**{warning.code}**: {warning.problem}")
+            st.warning(f"**{widgets.escape_markdown(warning.code)}**: {warning.problem}")
     else:
         st.success("No active code is near its limit or expiry.")
     st.subheader("Redemptions, last 30 days")

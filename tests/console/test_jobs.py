@@ -4,6 +4,7 @@ process, a repeated request does nothing, a dead run's lock goes stale, progress
 from __future__ import annotations
 
 import argparse
+from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 
 import pytest
@@ -49,24 +50,25 @@ def test_the_same_request_runs_once(sqlite_engine: Engine, fake: FakeStripe) -> 
     assert "nothing to do: our tables agree with Stripe" in state.result
 
 
-def test_a_running_job_refuses_everyone_else_until_stale(sqlite_engine: Engine) -> None:
-    assert start(sqlite_engine, ADMIN, "tok1", days=30) == "started"
-    assert start(sqlite_engine, ADMIN, "tok1", days=30) == "already"
+def test_a_running_job_refuses_everyone_else_until_stale(engine: Engine) -> None:
+    """On both databases: the conditional UPDATE is the lock."""
+    assert start(engine, ADMIN, "tok1", days=30) == "started"
+    assert start(engine, ADMIN, "tok1", days=30) == "already"
     with pytest.raises(ReconcileBusy, match="already running \\(started by alice at"):
-        start(sqlite_engine, OTHER, "tok2", days=30)
-    jobs.progress(sqlite_engine, JOB, "tok1", "applying missing events", 3, 4)
-    state = jobs.state(sqlite_engine, JOB)
+        start(engine, OTHER, "tok2", days=30)
+    jobs.progress(engine, JOB, "tok1", "applying missing events", 3, 4)
+    state = jobs.state(engine, JOB)
     assert state is not None and (state.step, state.done, state.total) == (
         "applying missing events", 3, 4
     )  # fmt: skip
     later = utcnow() + jobs.STALE_AFTER + timedelta(seconds=1)
-    claimed, state = jobs.claim(sqlite_engine, JOB, "bob", "tok2", now=later)
+    claimed, state = jobs.claim(engine, JOB, "bob", "tok2", now=later)
     assert claimed == "started" and state.started_by == "bob"  # the dead run's lock is stale
-    jobs.progress(sqlite_engine, JOB, "tok1", "late news from the dead run", 9, 9)
-    state = jobs.state(sqlite_engine, JOB)
+    jobs.progress(engine, JOB, "tok1", "late news from the dead run", 9, 9)
+    state = jobs.state(engine, JOB)
     assert state is not None and state.step == "starting"  # the old run no longer writes
-    jobs.finish(sqlite_engine, JOB, "tok2", ok=True, result=["done"])
-    assert start(sqlite_engine, ADMIN, "tok3", days=30) == "started"
+    jobs.finish(engine, JOB, "tok2", ok=True, result=["done"])
+    assert start(engine, ADMIN, "tok3", days=30) == "started"
 
 
 def test_the_cli_takes_the_same_lock(
@@ -82,3 +84,12 @@ def test_the_cli_takes_the_same_lock(
     assert cli.run(argparse.Namespace(days=30)) == 3
     assert "already running (started by alice" in capsys.readouterr().err
     assert reconciliations(sqlite_engine) == 0
+
+
+def test_racing_claims_start_one_run(engine: Engine) -> None:
+    """Two sessions clicking at the same moment: exactly one run starts."""
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        outcomes = list(
+            pool.map(lambda n: jobs.claim(engine, JOB, f"user{n}", f"tok{n}")[0], range(8))
+        )
+    assert sorted(outcomes) == ["busy"] * 7 + ["started"]
