@@ -51,6 +51,7 @@ read it, one more reason it is worth nothing without a live server-side session.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Mapping
 from datetime import datetime, timedelta
 from typing import Any, NoReturn
@@ -226,6 +227,20 @@ class _SessionCookie:
             self._library.delete_cookie()
 
 
+_LOCKS_GUARD = threading.Lock()
+LOGIN_LOCK_KEY = "_auth_login_lock"
+
+
+def _login_lock() -> Any:
+    """This browser session's login lock (shared by its concurrent runs)."""
+    with _LOCKS_GUARD:
+        lock = st.session_state.get(LOGIN_LOCK_KEY)
+        if lock is None or not hasattr(lock, "acquire"):
+            lock = threading.Lock()
+            st.session_state[LOGIN_LOCK_KEY] = lock
+        return lock
+
+
 class _CoreLogin:
     """Stands in for the library's AuthenticationController (see the module docstring)."""
 
@@ -272,21 +287,27 @@ class _CoreLogin:
         if not self._users:
             self.warning = NO_USERS
             return False
-        if self._already_signed_in(username):
-            return True
-        settings = get_settings()
-        try:
-            with session_scope(get_engine()) as session:
-                result = sessions.login(
-                    session,
-                    self._users,
-                    username,
-                    password,
-                    session_hours=settings.session_hours,
-                    production=settings.is_production,
-                )
-        except SQLAlchemyError:
-            _refuse(UNAVAILABLE)
+        # A double click on "Log in" starts a second run of this browser session while the
+        # first is still checking the password (Streamlit's fast reruns): the runs take turns,
+        # and the second finds the session the first opened.
+        with _login_lock():
+            if self._already_signed_in(username):
+                return True
+            settings = get_settings()
+            try:
+                with session_scope(get_engine()) as session:
+                    result = sessions.login(
+                        session,
+                        self._users,
+                        username,
+                        password,
+                        session_hours=settings.session_hours,
+                        production=settings.is_production,
+                    )
+            except SQLAlchemyError:
+                _refuse(UNAVAILABLE)
+            if result.ok and result.token is not None:
+                st.session_state[TOKEN_KEY] = result.token
         if not result.ok or result.actor is None or result.token is None:
             st.session_state["authentication_status"] = False
             self.error = result.message or sessions.BAD_CREDENTIALS
