@@ -492,3 +492,26 @@ class RiskRuleSet(Base):
     note: Mapped[str | None] = mapped_column(Text)
     # {"rules": [{"kind", "pattern", "threshold", "window_minutes"}], "allow": [[kind, value]]}
     body: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+
+
+# --- Operator jobs (issue 13: reconciliation runs once at a time) -------------------------------
+
+
+class Job(Base):
+    """The lock and progress of a long operator job (one row per job name, e.g. "reconcile"),
+    visible to every session and process. Taken atomically by `core.console.jobs.claim`;
+    a running job whose heartbeat is older than the stale timeout may be taken over."""
+
+    __tablename__ = "jobs"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    status: Mapped[str] = mapped_column(String(16), default="idle")  # idle|running|done|failed
+    token: Mapped[str | None] = mapped_column(String(64))  # the request that started the run
+    started_by: Mapped[str | None] = mapped_column(String(255))
+    started_at: Mapped[datetime | None] = mapped_column()
+    heartbeat_at: Mapped[datetime | None] = mapped_column()
+    finished_at: Mapped[datetime | None] = mapped_column()
+    step: Mapped[str | None] = mapped_column(String(255))
+    done: Mapped[int] = mapped_column(default=0)
+    total: Mapped[int | None] = mapped_column()
+    result: Mapped[list[str] | None] = mapped_column(JSON)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from decimal import Decimal, InvalidOperation
 
 # https://docs.stripe.com/currencies#zero-decimal
@@ -10,6 +11,24 @@ ZERO_DECIMAL = frozenset(
 )
 # Charged in minor units but with three decimals.
 THREE_DECIMAL = frozenset(["bhd", "jod", "kwd", "omr", "tnd"])
+
+
+# Stripe's presentment currencies (ISO 4217 codes), https://docs.stripe.com/currencies
+CURRENCIES = frozenset(
+    """
+    aed afn all amd ang aoa ars aud awg azn bam bbd bdt bgn bhd bif bmd bnd bob brl bsd bwp byn
+    bzd cad cdf chf clp cny cop crc cve czk djf dkk dop dzd egp etb eur fjd fkp gbp gel gip gmd
+    gnf gtq gyd hkd hnl htg huf idr ils inr isk jmd jod jpy kes kgs khr kmf krw kwd kyd kzt lak
+    lbp lkr lrd lsl mad mdl mga mkd mmk mnt mop mur mvr mwk mxn myr mzn nad ngn nio nok npr nzd
+    omr pab pen pgk php pkr pln pyg qar ron rsd rub rwf sar sbd scr sek sgd shp sle sos srd std
+    szl thb tjs tnd top try ttd twd tzs uah ugx usd uyu uzs vnd vuv wst xaf xcd xof xpf yer zar
+    zmw
+    """.split()  # noqa: SIM905
+)
+# Stripe's largest amount: eight digits in the minor unit (USD 999,999.99), whatever the
+# currency (https://docs.stripe.com/currencies#minimum-and-maximum-charge-amounts).
+MAX_AMOUNT_MINOR = 99_999_999
+_PLAIN_AMOUNT = re.compile(r"^[0-9]{1,30}(?:\.[0-9]{1,30})?$")
 
 
 class MoneyError(ValueError):
@@ -45,6 +64,31 @@ def to_minor(amount: str | Decimal, currency: str) -> int:
     if scaled != scaled.to_integral_value():
         raise MoneyError(f"{code.upper()} allows at most {exponent(code)} decimal places.")
     return int(scaled)
+
+
+def stripe_currency(currency: str) -> str:
+    """A currency Stripe charges in (lower case), or MoneyError."""
+    code = validate_currency(currency)
+    if code not in CURRENCIES:
+        raise MoneyError(f"{code.upper()} is not a currency Stripe charges in.")
+    return code
+
+
+def stripe_amount(amount: str, currency: str) -> int:
+    """A positive amount written plainly in major units ("12.50", no sign, exponent or
+    separators), within Stripe's limit, in the minor unit of a Stripe currency."""
+    code = stripe_currency(currency)
+    text = amount.strip()
+    if not _PLAIN_AMOUNT.match(text):
+        raise MoneyError("Amount must be written as digits with an optional decimal point.")
+    minor = to_minor(text, code)
+    if minor < 1:
+        raise MoneyError("Amount must be more than zero.")
+    if minor > MAX_AMOUNT_MINOR:
+        raise MoneyError(
+            f"Amount must be at most {format_minor(MAX_AMOUNT_MINOR, code)} (Stripe's limit)."
+        )
+    return minor
 
 
 def format_minor(amount: int, currency: str | None) -> str:

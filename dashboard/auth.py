@@ -52,6 +52,7 @@ read it, one more reason it is worth nothing without a live server-side session.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Mapping
 from datetime import datetime, timedelta
 from typing import Any, NoReturn
@@ -277,6 +278,20 @@ class _SessionCookie:
             self._library.delete_cookie()
 
 
+_LOCKS_GUARD = threading.Lock()
+LOGIN_LOCK_KEY = "_auth_login_lock"
+
+
+def _login_lock() -> Any:
+    """This browser session's login lock (shared by its concurrent runs)."""
+    with _LOCKS_GUARD:
+        lock = st.session_state.get(LOGIN_LOCK_KEY)
+        if lock is None or not hasattr(lock, "acquire"):
+            lock = threading.Lock()
+            st.session_state[LOGIN_LOCK_KEY] = lock
+        return lock
+
+
 class _CoreLogin:
     """Stands in for the library's AuthenticationController (see the module docstring)."""
 
@@ -323,20 +338,28 @@ class _CoreLogin:
         if not self._users:
             self.warning = NO_USERS
             return False
-        settings = get_settings()
-        try:
-            with session_scope(get_engine()) as session:
-                result = sessions.login(
-                    session,
-                    self._users,
-                    username,
-                    password,
-                    session_hours=settings.session_hours,
-                    production=settings.is_production,
-                    client=login_client(),
-                )
-        except SQLAlchemyError:
-            _refuse(UNAVAILABLE)
+        # A double click on "Log in" starts a second run of this browser session while the
+        # first is still checking the password (Streamlit's fast reruns): the runs take turns,
+        # and the second finds the session the first opened.
+        with _login_lock():
+            if self._already_signed_in(username):
+                return True
+            settings = get_settings()
+            try:
+                with session_scope(get_engine()) as session:
+                    result = sessions.login(
+                        session,
+                        self._users,
+                        username,
+                        password,
+                        session_hours=settings.session_hours,
+                        production=settings.is_production,
+                        client=login_client(),
+                    )
+            except SQLAlchemyError:
+                _refuse(UNAVAILABLE)
+            if result.ok and result.token is not None:
+                st.session_state[TOKEN_KEY] = result.token
         if not result.ok or result.actor is None or result.token is None:
             st.session_state["authentication_status"] = False
             self.error = result.message or sessions.BAD_CREDENTIALS
@@ -344,6 +367,19 @@ class _CoreLogin:
         st.session_state[TOKEN_KEY] = result.token
         st.session_state[COOKIE_PENDING_KEY] = True
         self._signed_in(result.actor)
+        return True
+
+    def _already_signed_in(self, username: str) -> bool:
+        """A repeated submission (a double click on "Log in") of a browser session that the
+        first one already signed in as `username` reuses that session: one login, one
+        server-side session."""
+        token = st.session_state.get(TOKEN_KEY)
+        if not isinstance(token, str) or not token:
+            return False
+        actor = _resume(token, self._users)
+        if actor is None or actor.username != username:
+            return False
+        self._signed_in(actor)
         return True
 
     def _signed_in(self, actor: Actor) -> None:

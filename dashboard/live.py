@@ -7,6 +7,7 @@ they hold no SQL and make no Stripe call themselves."""
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -17,11 +18,10 @@ import streamlit as st
 from core.auth import manage
 from core.auth.permissions import Actor, PermissionDenied, allowed, mask_email, require
 from core.auth.users import UsersError
-from core.console import erasure, fulfillment, promotions, reconcile, retention
+from core.console import erasure, fulfillment, jobs, promotions, reconcile, retention
 from core.console.fulfillment import ManualOutcome as ManualOutcome  # the pages show it
 from core.console.promotions import NewPromotionCode
 from core.console.stripe_api import (
-    ActionResult,
     StripeApi,
     StripeProblem,
     client_from_settings,
@@ -29,7 +29,7 @@ from core.console.stripe_api import (
 )
 from core.db import get_engine, session_scope
 from core.models import PaymentAttempt, RiskFlag, RiskIncident
-from core.money import format_minor, to_major
+from core.money import CURRENCIES, format_minor, to_major
 from core.risk import backtest, reviews
 from core.risk import rules as risk_rules
 from core.risk.backtest import Backtest, FlagKey
@@ -88,6 +88,12 @@ def promotion_codes(actor: Actor) -> list[promotions.PromotionCodeView]:
     return promotions.list_promotion_codes(client(), actor)
 
 
+def _count(value: int | None, none: str = "–") -> str:
+    """A count from Stripe as text: any integer renders (a 20-digit redemption limit
+    overflowed the table's int64 column and crashed the page)."""
+    return none if value is None else f"{value:,}"
+
+
 def codes_table(codes: list[promotions.PromotionCodeView]) -> pd.DataFrame:
     return pd.DataFrame(
         [
@@ -95,8 +101,8 @@ def codes_table(codes: list[promotions.PromotionCodeView]) -> pd.DataFrame:
                 "code": c.code,
                 "active": c.active,
                 "terms": c.coupon.describe() if c.coupon else "–",
-                "redeemed": c.times_redeemed,
-                "limit": c.max_redemptions,
+                "redeemed": _count(c.times_redeemed),
+                "limit": _count(c.max_redemptions, "none"),
                 "expires (UTC)": _when(c.expires_at),
                 "restrictions": c.restrictions,
                 "id": c.id,
@@ -105,7 +111,7 @@ def codes_table(codes: list[promotions.PromotionCodeView]) -> pd.DataFrame:
         ],
         columns=["code", "active", "terms", "redeemed", "limit", "expires (UTC)",
                  "restrictions", "id"],
-    ).astype({"limit": "Int64"})  # fmt: skip
+    )  # fmt: skip
 
 
 @shown
@@ -142,23 +148,34 @@ def promotion_health(actor: Actor, codes: list[promotions.PromotionCodeView], da
     return per_day, per_code, promotions.watch_list(codes, now)
 
 
-def create_code(actor: Actor, form: dict[str, Any]) -> tuple[ActionResult | None, list[str]]:
-    """Validate, then create; (result, problems). Nothing is sent when there is a problem."""
+def currencies() -> list[str]:
+    """The currencies a promotion's amounts may be in (Stripe's), for a picker."""
+    return sorted(CURRENCIES)
+
+
+def check_promotion(form: dict[str, Any]) -> tuple[NewPromotionCode | None, dict[str, str]]:
+    """The code the form describes, or each field's problem (nothing is sent meanwhile)."""
     try:
-        new = NewPromotionCode.parse(form, now=datetime.now(UTC))
+        return NewPromotionCode.parse(form, now=datetime.now(UTC)), {}
     except promotions.InvalidPromotion as invalid:
-        return None, invalid.problems
+        return None, invalid.fields
+
+
+def create_code(actor: Actor, new: NewPromotionCode) -> tuple[bool, str]:
+    """Create the code (keyed by this form's token: a repeat does nothing); (ok, message
+    naming what was created)."""
+    token = form_token("promo_create")
     try:
-        result = promotions.create_promotion_code(
-            get_engine(), client(), actor, new, form_token("promo_create")
-        )
+        result = promotions.create_promotion_code(get_engine(), client(), actor, new, token)
     except StripeProblem as problem:
-        return None, [problem.message]
+        return False, problem.message
     next_action("promo_create")
-    return result, []
+    done = " (it had already been created)" if result.already_done else ""
+    return True, f"Created promotion code {new.code} ({result.result_id}){done}: {new.describe()}."
 
 
-def set_code_active(actor: Actor, code_id: str, active: bool) -> tuple[bool, str]:
+def set_code_active(actor: Actor, code_id: str, code: str, active: bool) -> tuple[bool, str]:
+    """Deactivate or reactivate the code `code_id` (shown as `code`); (ok, message naming it)."""
     name = f"promo_active_{code_id}_{active}"
     try:
         result = promotions.set_active(
@@ -167,8 +184,9 @@ def set_code_active(actor: Actor, code_id: str, active: bool) -> tuple[bool, str
     except (StripeProblem, promotions.InvalidPromotion) as problem:
         return False, str(problem)
     next_action(name)
-    verb = "reactivated" if active else "deactivated"
-    return True, f"Promotion code {verb}." + (" (already done)" if result.already_done else "")
+    verb = "Reactivated" if active else "Deactivated"
+    done = " (already done)" if result.already_done else ""
+    return True, f"{verb} promotion code {code} ({code_id}){done}."
 
 
 # --- Manual fulfillment -------------------------------------------------------------------------
@@ -240,10 +258,37 @@ def perform(actor: Actor, order_id: int, reason: str, confirmation: str) -> Manu
 # --- Reconcile and replay -----------------------------------------------------------------------
 
 
-@shown
-def run_reconcile(actor: Actor, days: int) -> reconcile.ReconcileReport:
+def start_reconcile(actor: Actor, days: int) -> tuple[bool, str]:
+    """Start a reconciliation in the background, once: the lock in the database makes every
+    other session (and the CLI) wait, and this form's token makes a repeated click of the same
+    request do nothing. (started or already running for this request, message)."""
+    token = form_token("reconcile")
     settings = get_settings()
-    return reconcile.reconcile(get_engine(), client(), webhook_context(settings), actor, days=days)
+    engine = get_engine()
+    try:
+        stripe = client()
+        claimed = reconcile.start(engine, actor, token, days=days)
+    except (StripeProblem, reconcile.ReconcileBusy, PermissionDenied) as problem:
+        return False, getattr(problem, "message", None) or str(problem)
+    next_action("reconcile")
+    if claimed == "already":
+        return True, "This reconciliation was already started; it runs once."
+    threading.Thread(
+        target=reconcile.run_claimed,
+        args=(engine, stripe, webhook_context(settings), actor, token),
+        kwargs={"days": days},
+        name=f"reconcile-{token[:8]}",
+        daemon=True,
+    ).start()
+    return True, f"Reconciliation of the last {days} days started."
+
+
+@shown
+def reconcile_state(actor: Actor) -> jobs.JobState | None:
+    """The reconciliation job as every session sees it: running (with progress) or its last
+    report."""
+    require(actor, "events.replay")
+    return jobs.state(get_engine(), reconcile.JOB)
 
 
 def run_replay(actor: Actor, event_id: str, *, dry_run: bool) -> reconcile.ReplayResult | str:

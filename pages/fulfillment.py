@@ -8,8 +8,8 @@ from collections.abc import Callable
 
 import streamlit as st
 
+from dashboard import forms, widgets
 from dashboard import live as views
-from dashboard import widgets
 from dashboard.auth import may, require
 
 actor = require("fulfillment.request")
@@ -22,8 +22,10 @@ st.caption(
 )
 
 
-def show(outcome: views.ManualOutcome) -> None:
-    if outcome.ok:  # rerun so the tables above show the change
+def show(outcome: views.ManualOutcome, form: str | None = None) -> None:
+    if outcome.ok:  # rerun so the tables above show the change, with the form empty again
+        if form is not None:
+            forms.reset(form)
         widgets.flash("fulfillment", outcome.message)
         st.rerun()
     elif outcome.result == "already_fulfilled":
@@ -36,19 +38,35 @@ def order_form(
     form: str, prefix: str, reason_label: str, button: str,
     act: Callable[[int, str, str], views.ManualOutcome],
 ) -> None:  # fmt: skip
-    """An order id, a written reason and the order id typed again, then `act`."""
-    with st.form(form):
+    """An order id, a written reason and the order id typed again, then `act`; the form is
+    empty again after a success (its widgets are keyed by the form's generation)."""
+    generation = forms.generation(prefix)
+    with st.form(f"{form}_{generation}"):
         order_id = st.number_input(
-            "Order id", min_value=1, step=1, value=None, key=f"{prefix}_order"
+            "Order id",
+            min_value=1,
+            max_value=2**53 - 1,  # the largest integer a browser holds exactly
+            step=1,
+            value=None,
+            key=f"{prefix}_order" + (f"_{generation}" if generation else ""),
         )
-        reason = st.text_area(reason_label, key=f"{prefix}_reason")
-        typed = st.text_input("Type the order id again to confirm", key=f"{prefix}_confirm")
+        reason = st.text_area(
+            reason_label,
+            max_chars=2000,
+            key=f"{prefix}_reason" + (f"_{generation}" if generation else ""),
+        )
+        typed = st.text_input(
+            "Type the order id again to confirm",
+            key=f"{prefix}_confirm" + (f"_{generation}" if generation else ""),
+        )
         submitted = st.form_submit_button(button)
     if submitted:
         if order_id is None:
             st.error("Enter the order id.")
         else:
-            show(act(int(order_id), reason, typed))
+            with st.spinner(f"Order {int(order_id)}: checking with Stripe..."):
+                outcome = act(int(order_id), reason, typed)
+            show(outcome, prefix)
 
 
 st.subheader("Orders paid but not fulfilled")
@@ -85,7 +103,9 @@ if may(actor, "fulfillment.approve"):
             )
             approve_col, reject_col = st.columns(2)
             if approve_col.button("Approve and fulfil", key=f"mf_approve_{request.id}"):
-                show(views.approve(actor, request.id, confirm))
+                with st.spinner(f"Order {request.order_id}: checking with Stripe..."):
+                    outcome = views.approve(actor, request.id, confirm)
+                show(outcome)
             note = reject_col.text_input("Note for rejecting", key=f"mf_reject_note_{request.id}")
             if reject_col.button("Reject", key=f"mf_reject_{request.id}"):
                 show(views.reject(actor, request.id, note))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import streamlit as st
 
+from dashboard import forms, widgets
 from dashboard import live as views
 from dashboard.auth import require
 
@@ -19,11 +20,40 @@ st.caption(
     "a second run finds nothing."
 )
 days = st.slider("Days to look back", min_value=1, max_value=30, value=30, key="ops_days")
-if st.button("Run reconciliation", key="ops_reconcile"):
-    report = views.run_reconcile(actor, days)
-    st.session_state["ops_report"] = report.lines()
-if "ops_report" in st.session_state:
-    st.code("\n".join(st.session_state["ops_report"]), language=None)
+job = views.reconcile_state(actor)
+running = job is not None and job.running
+label = f"Run reconciliation (last {days} days)"
+if st.button(label, key=forms.key("ops", "reconcile"), disabled=running):
+    ok, message = views.start_reconcile(actor, days)
+    if ok:
+        forms.reset("ops")  # a second click of this button is stale: it does nothing
+        widgets.flash("operations", message)
+        st.rerun()
+    st.error(widgets.escape_markdown(message))
+widgets.show_flash("operations")
+
+
+@st.fragment(run_every=1.0 if running else None)
+def reconcile_progress() -> None:
+    """The job as every session sees it, redrawn each second while it runs."""
+    job = views.reconcile_state(actor)
+    if job is None:
+        return
+    if job.running:
+        with st.status(f"Reconciliation running: {job.step or 'starting'}", expanded=True):
+            count = f"{job.done}/{job.total}" if job.total else f"{job.done}"
+            st.progress(job.fraction, text=f"{job.step or 'starting'}: {count}")
+            st.caption(f"Reconciliation {job.describe()}. It runs once at a time.")
+        return
+    if running:  # it finished while this page watched: redraw the page (button, report)
+        st.rerun()
+    if job.result:
+        outcome = "finished" if job.status == "done" else "FAILED"
+        st.caption(f"Last reconciliation {outcome}: {job.describe()}.")
+        st.code("\n".join(job.result), language=None)
+
+
+reconcile_progress()
 
 st.subheader("Replay a stored event")
 failed = views.failed_events(actor)

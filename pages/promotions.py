@@ -3,12 +3,10 @@ create, deactivate and reactivate codes."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, time
-
 import streamlit as st
 
+from dashboard import forms, widgets
 from dashboard import live as views
-from dashboard import widgets
 from dashboard.auth import may, require
 
 actor = require("promotions.view")
@@ -29,7 +27,7 @@ with right:
     st.subheader("Watch list")
     if watch:
         for warning in watch:
-            st.warning(f"**{warning.code}**: {warning.problem}")
+            st.warning(f"**{widgets.escape_markdown(warning.code)}**: {warning.problem}")
     else:
         st.success("No active code is near its limit or expiry.")
     st.subheader("Redemptions, last 30 days")
@@ -45,58 +43,117 @@ if per_code.empty:
 else:
     st.dataframe(per_code, hide_index=True, key="promo_usage")
 
-if may(actor, "promotions.manage"):
-    st.divider()
+CURRENCIES = views.currencies()
+
+
+def create_form() -> None:
+    """Every field is checked as it is typed; Create is enabled only when all are valid, names
+    the code it creates, and the form starts empty again after a success."""
     st.subheader("Create a code")
     coupons = sorted({c.coupon.id: c.coupon.describe() for c in codes if c.coupon}.items())
-    with st.form("promo_create_form"):
-        code = st.text_input("Code (letters, digits, dashes, underscores)", key="pc_code")
-        existing = st.selectbox(
-            "Coupon",
-            ["New coupon", *(f"{cid}: {terms}" for cid, terms in coupons)],
-            key="pc_coupon",
-        )
-        one, two, three = st.columns(3)
-        percent = one.text_input("Percent off (1 to 100)", key="pc_percent")
-        amount = two.text_input("or amount off, e.g. 5.00", key="pc_amount")
-        currency = three.text_input("Currency of the amount", value="usd", key="pc_currency")
-        duration = one.selectbox("Duration", ["once", "repeating", "forever"], key="pc_duration")
-        months = two.text_input("Months (repeating only)", key="pc_months")
-        limit = three.text_input("Redemption limit (optional)", key="pc_limit")
-        expires = one.date_input("Expires on (optional, UTC)", value=None, key="pc_expires")
-        minimum = two.text_input("Minimum order amount (optional)", key="pc_minimum")
-        first_time = three.checkbox("First-time customers only", key="pc_first")
-        submitted = st.form_submit_button("Create promotion code")
-    if submitted:
-        form = {
-            "code": code,
-            "coupon_id": None if existing == "New coupon" else existing.split(":")[0],
-            "percent_off": percent,
-            "amount_off": amount,
-            "currency": currency if amount else "",
-            "duration": duration,
-            "duration_in_months": months,
-            "max_redemptions": limit,
-            "expires_at": datetime.combine(expires, time(23, 59), UTC) if expires else None,
-            "minimum_amount": minimum,
-            "minimum_amount_currency": currency,
-            "first_time_only": first_time,
-        }
-        result, problems = views.create_code(actor, form)
-        for problem in problems:
-            st.error(problem)
-        if result is not None:  # rerun so the list above shows the new code
-            widgets.flash("promotions", f"Created promotion code {code} ({result.result_id}).")
+
+    def key(field: str) -> str:
+        return forms.key("pc", field)
+
+    code = st.text_input("Code (letters, digits, dashes, underscores)", key=key("code"))
+    existing = st.selectbox(
+        "Coupon", ["New coupon", *(f"{cid}: {terms}" for cid, terms in coupons)], key=key("coupon")
+    )
+    one, two, three = st.columns(3)
+    percent = one.text_input("Percent off (1 to 100)", key=key("percent"))
+    amount = two.text_input("or amount off, e.g. 5.00", key=key("amount"))
+    currency = three.selectbox(
+        "Currency of the amounts", CURRENCIES, index=CURRENCIES.index("usd"), key=key("currency")
+    )
+    duration = one.selectbox("Duration", ["once", "repeating", "forever"], key=key("duration"))
+    months = two.text_input("Months (repeating only)", key=key("months"))
+    limit = three.text_input("Redemption limit (optional)", key=key("limit"))
+    expires = one.text_input("Expires on (optional, UTC, YYYY-MM-DD)", key=key("expires"))
+    minimum = two.text_input("Minimum order amount (optional)", key=key("minimum"))
+    first_time = three.checkbox("First-time customers only", key=key("first"))
+    form = {
+        "code": code,
+        "coupon_id": None if existing in (None, "New coupon") else str(existing).split(":")[0],
+        "percent_off": percent,
+        "amount_off": amount,
+        "currency": currency,
+        "duration": duration,
+        "duration_in_months": months,
+        "max_redemptions": limit,
+        "expires_at": expires,
+        "minimum_amount": minimum,
+        "minimum_amount_currency": currency,
+        "first_time_only": first_time,
+    }
+    new, problems = views.check_promotion(form)
+    typed = {name for name, raw in form.items() if raw not in ("", None, False)}
+    for field, problem in problems.items():
+        if field in typed or (field == "percent_off" and typed & {"percent_off", "amount_off"}):
+            st.error(widgets.escape_markdown(problem))
+    if new is None:
+        st.caption("Create is enabled once every field above is valid.")
+    else:
+        st.info(f"Will create {widgets.escape_markdown(new.describe())}", icon=":material/sell:")
+    if st.button("Create promotion code", key=key("create"), disabled=new is None) and new:
+        with st.spinner(f"Creating promotion code {new.code} in Stripe..."):
+            ok, message = views.create_code(actor, new)
+            if ok:
+                forms.reset("pc")  # before anything else is drawn: a second click is stale
+        if ok:
+            widgets.flash("promotions", widgets.escape_markdown(message))
+            st.rerun()
+        st.error(widgets.escape_markdown(message))
+
+
+def toggle_form() -> None:
+    """Pick a code by its id (the picker stays on it after the change), then confirm."""
+    st.subheader("Deactivate or reactivate")
+    if not codes:
+        return
+    by_id = {c.id: c for c in codes}
+    picked_id = st.selectbox(
+        "Code",
+        list(by_id),
+        format_func=lambda i: (
+            f"{by_id[i].code} ({'active' if by_id[i].active else 'inactive'}) · {i}"
+        ),
+        key="pc_pick",
+    )
+    picked = by_id[picked_id]
+    verb = "Deactivate" if picked.active else "Reactivate"
+    asked = forms.pending("pc_toggle")
+    if asked is None:
+        if st.button(f"{verb} {picked.code} ({picked.id})...", key="pc_toggle"):
+            forms.ask("pc_toggle", {"id": picked.id, "code": picked.code, "active": picked.active})
+            st.rerun()
+        return
+    verb = "Deactivate" if asked["active"] else "Reactivate"
+    consequence = (
+        "Customers can no longer redeem it (it can be reactivated later)."
+        if asked["active"]
+        else "Customers can redeem it again."
+    )
+    with st.container(border=True):
+        target = widgets.escape_markdown(f"{asked['code']} ({asked['id']})")
+        st.warning(f"{verb} promotion code {target}? {consequence}")
+        yes, no = st.columns(2)
+        if yes.button(f"Yes, {verb.lower()} {asked['code']}", key="pc_confirm", type="primary"):
+            with st.spinner(f"{verb[:-1]}ing {asked['code']} in Stripe..."):
+                ok, message = views.set_code_active(
+                    actor, asked["id"], asked["code"], not asked["active"]
+                )
+                if ok:
+                    forms.cancel("pc_toggle")
+            if ok:
+                widgets.flash("promotions", widgets.escape_markdown(message))
+                st.rerun()
+            st.error(widgets.escape_markdown(message))
+        if no.button("Cancel", key="pc_cancel"):
+            forms.cancel("pc_toggle")
             st.rerun()
 
-    st.subheader("Deactivate or reactivate")
-    if codes:
-        labels = {f"{c.code} ({'active' if c.active else 'inactive'})": c for c in codes}
-        picked = labels[st.selectbox("Code", list(labels), key="pc_pick")]
-        verb = "Deactivate" if picked.active else "Reactivate"
-        if st.button(f"{verb} {picked.code}", key="pc_toggle"):
-            ok, message = views.set_code_active(actor, picked.id, not picked.active)
-            if ok:
-                widgets.flash("promotions", message)
-                st.rerun()
-            st.error(message)
+
+if may(actor, "promotions.manage"):
+    st.divider()
+    create_form()
+    toggle_form()

@@ -320,77 +320,31 @@ def _perform(
     request_id: int | None = None,
     fulfiller: Fulfiller = record_only,
 ) -> ManualOutcome:
-
+    """The guarded path, step by step: check our tables, confirm with Stripe (no transaction
+    open meanwhile), fulfil under the order's row lock, close the request."""
     problem = input_problem(order_id, reason, confirmation)
     if problem:
         return ManualOutcome("refused", problem, order_id, request_id)
-    with session_scope(engine, write=False) as session:
-        order = session.get(Order, order_id)
-        why = "no such order" if order is None else None
-        if order is not None:
-            why = table_problem(order, _has_fulfillment(session, order_id))
-            session.expunge(order)
+    order, why = _check_tables(engine, order_id)
     if why or order is None:
         return _refuse(engine, actor, order_id, why or "no such order", request_id=request_id)
     if not order.checkout_session_id:
         return _refuse(engine, actor, order_id, "no Checkout Session to check with Stripe")
-
-    # Ask Stripe before any transaction: no database lock is held during a network call.
     try:
-        reply = client.retrieve_checkout_session(order.checkout_session_id)
-    except StripeProblem as exc:
+        stripe_request_id = _confirm_with_stripe(client, order)
+    except _NotConfirmed as refused:
         return _refuse(
             engine,
             actor,
             order_id,
-            f"Stripe could not confirm the payment ({exc.message})",
+            refused.why,
             request_id=request_id,
-            stripe_request_id=exc.request_id,
+            stripe_request_id=refused.stripe_request_id,
         )
-    confirmed_amount, confirmed_currency = order.amount_total, order.currency
-    live = stripe_problems(order, reply.data)
-    if live:
-        return _refuse(
-            engine,
-            actor,
-            order_id,
-            "; ".join(live),
-            request_id=request_id,
-            stripe_request_id=reply.request_id,
-        )
-
     with session_scope(engine) as session:
-        locked = session.execute(
-            select(Order).where(Order.id == order_id).with_for_update()
-        ).scalar_one()
-        why = table_problem(locked, _has_fulfillment(session, order_id))
-        if why is None and (
-            locked.amount_total != confirmed_amount or locked.currency != confirmed_currency
-        ):
-            why = "the order changed while Stripe was being asked; try again"
-        now = utcnow()
-        done = why is None and fulfill(
-            session,
-            locked,
-            source="manual",
-            at=now,
-            fulfiller=fulfiller,
-            actor=actor.username,
-            reason=reason.strip(),
-        )
-        if not done and why is None:
-            why = "already fulfilled"
+        done, why = _fulfil_locked(session, actor, order, reason, fulfiller)
         if request_id is not None and (done or why == "already fulfilled"):
-            request = session.execute(
-                select(FulfillmentRequest)
-                .where(FulfillmentRequest.id == request_id)
-                .with_for_update()
-            ).scalar_one()
-            if request.status == "pending":
-                request.status = "done"
-                request.decided_by = actor.username
-                request.decided_at = now
-                request.outcome = "fulfilled" if done else "already fulfilled"
+            _close_request(session, actor, request_id, done)
         audit.record(
             session,
             actor,
@@ -399,10 +353,10 @@ def _perform(
             {
                 "reason": reason.strip(),
                 "request_id": request_id,
-                "checkout_session_id": locked.checkout_session_id,
+                "checkout_session_id": order.checkout_session_id,
                 **({} if done else {"why": why}),
             },
-            stripe_request_id=reply.request_id,
+            stripe_request_id=stripe_request_id,
         )
     if done:
         return ManualOutcome(
@@ -410,7 +364,7 @@ def _perform(
             f"Order {order_id} fulfilled (Stripe confirmed the payment).",
             order_id,
             request_id,
-            reply.request_id,
+            stripe_request_id,
         )
     result = "already_fulfilled" if why == "already fulfilled" else "refused"
     message = (
@@ -418,7 +372,79 @@ def _perform(
         if result == "already_fulfilled"
         else f"Order {order_id} cannot be fulfilled by hand: {why}."
     )
-    return ManualOutcome(result, message, order_id, request_id, reply.request_id)
+    return ManualOutcome(result, message, order_id, request_id, stripe_request_id)
+
+
+def _check_tables(engine: Engine, order_id: int) -> tuple[Order | None, str | None]:
+    """The order (detached, its values loaded) and why our tables forbid fulfilling it."""
+    with session_scope(engine, write=False) as session:
+        order = session.get(Order, order_id)
+        if order is None:
+            return None, "no such order"
+        why = table_problem(order, _has_fulfillment(session, order_id))
+        session.expunge(order)
+    return order, why
+
+
+class _NotConfirmed(Exception):
+    def __init__(self, why: str, stripe_request_id: str | None) -> None:
+        super().__init__(why)
+        self.why = why
+        self.stripe_request_id = stripe_request_id
+
+
+def _confirm_with_stripe(client: StripeApi, order: Order) -> str | None:
+    """Stripe's live Checkout Session confirms the order as paid, unrefunded, undisputed, for
+    our amount and currency; returns Stripe's request id, or raises _NotConfirmed."""
+    try:
+        reply = client.retrieve_checkout_session(str(order.checkout_session_id))
+    except StripeProblem as exc:
+        raise _NotConfirmed(
+            f"Stripe could not confirm the payment ({exc.message})", exc.request_id
+        ) from None
+    live = stripe_problems(order, reply.data)
+    if live:
+        raise _NotConfirmed("; ".join(live), reply.request_id)
+    return reply.request_id
+
+
+def _fulfil_locked(
+    session: Session, actor: Actor, confirmed: Order, reason: str, fulfiller: Fulfiller
+) -> tuple[bool, str | None]:
+    """Fulfil with the order row locked, if it is still what Stripe confirmed:
+    (done, why not)."""
+    locked = session.execute(
+        select(Order).where(Order.id == confirmed.id).with_for_update()
+    ).scalar_one()
+    why = table_problem(locked, _has_fulfillment(session, locked.id))
+    if why is None and (
+        locked.amount_total != confirmed.amount_total or locked.currency != confirmed.currency
+    ):
+        why = "the order changed while Stripe was being asked; try again"
+    if why is not None:
+        return False, why
+    done = fulfill(
+        session,
+        locked,
+        source="manual",
+        at=utcnow(),
+        fulfiller=fulfiller,
+        actor=actor.username,
+        reason=reason.strip(),
+    )
+    return (True, None) if done else (False, "already fulfilled")
+
+
+def _close_request(session: Session, actor: Actor, request_id: int, done: bool) -> None:
+    """Mark the approved request done (fulfilled now, or found already fulfilled)."""
+    request = session.execute(
+        select(FulfillmentRequest).where(FulfillmentRequest.id == request_id).with_for_update()
+    ).scalar_one()
+    if request.status == "pending":
+        request.status = "done"
+        request.decided_by = actor.username
+        request.decided_at = utcnow()
+        request.outcome = "fulfilled" if done else "already fulfilled"
 
 
 @dataclass(frozen=True)

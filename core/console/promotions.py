@@ -9,11 +9,11 @@ names its coupon under `promotion` (`{"type": "coupon", "coupon": id}`).
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, time, timedelta
 from decimal import Decimal, InvalidOperation
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from sqlalchemy import Engine, func, select
 from sqlalchemy.orm import Session
@@ -21,21 +21,23 @@ from sqlalchemy.orm import Session
 from core.auth.permissions import Actor, require
 from core.console.stripe_api import ActionResult, StripeApi, action_key, run_action
 from core.models import Order, PaymentAttempt
-from core.money import MoneyError, format_minor, to_minor, validate_currency
+from core.money import MoneyError, format_minor, stripe_amount, stripe_currency
 
 CODE_PATTERN = re.compile(r"^[A-Za-z0-9_-]+$")
 CODE_MAX = 40
 COUPON_NAME_MAX = 40
 Duration = Literal["once", "repeating", "forever"]
 DURATIONS: tuple[Duration, ...] = ("once", "repeating", "forever")
+_T = TypeVar("_T")
 
 
 class InvalidPromotion(ValueError):
     """The input cannot become a promotion code; `problems` are messages safe to show."""
 
-    def __init__(self, problems: list[str]) -> None:
+    def __init__(self, problems: list[str], fields: dict[str, str] | None = None) -> None:
         super().__init__(" ".join(problems))
         self.problems = problems
+        self.fields = fields or {}  # form field -> its problem
 
 
 # --- Reading Stripe's codes ---------------------------------------------------------------------
@@ -95,12 +97,20 @@ class PromotionCodeView:
     def usage_share(self) -> float | None:
         if not self.max_redemptions:
             return None
-        return self.times_redeemed / self.max_redemptions
+        try:
+            return self.times_redeemed / self.max_redemptions
+        except OverflowError:  # absurd counts from Stripe: too large for a float
+            return None
 
 
 def _time(value: Any) -> datetime | None:
+    """A Stripe timestamp; None when absent or beyond what a datetime holds (any value Stripe
+    sends must render)."""
     if isinstance(value, int) and not isinstance(value, bool) and value > 0:
-        return datetime.fromtimestamp(value, UTC)
+        try:
+            return datetime.fromtimestamp(value, UTC)
+        except (OverflowError, OSError, ValueError):
+            return None
     return None
 
 
@@ -174,6 +184,106 @@ def list_promotion_codes(client: StripeApi, actor: Actor) -> list[PromotionCodeV
 # --- Creating a code ----------------------------------------------------------------------------
 
 
+MAX_REDEMPTIONS = 2**31 - 1  # Stripe's integer fields are 32-bit
+MAX_MONTHS = 36
+EXPIRY_YEARS = 5
+COUPON_ID = re.compile(r"^[A-Za-z0-9_-]{1,255}$")
+
+
+class _Refused(ValueError):
+    """One field's value cannot be used; the message is safe to show."""
+
+
+def _text(form: Mapping[str, Any], name: str) -> str:
+    value = form.get(name)
+    return str(value).strip() if value is not None else ""
+
+
+def _whole(raw: str, label: str, most: int) -> int | None:
+    """An optional whole number from 1 to `most`, written as plain digits."""
+    if not raw:
+        return None
+    if not raw.isascii() or not raw.isdigit():
+        raise _Refused(f"{label} must be a whole number.")
+    value = int(raw[:20])  # more digits than that is out of range anyway
+    if value < 1:
+        raise _Refused(f"{label} must be at least 1.")
+    if len(raw) > 19 or value > most:
+        raise _Refused(f"{label} must be at most {most:,}.")
+    return value
+
+
+def check_code(form: Mapping[str, Any]) -> str:
+    code = _text(form, "code")
+    if not code:
+        raise _Refused("Enter a code.")
+    if len(code) > CODE_MAX:
+        raise _Refused(f"The code is longer than {CODE_MAX} characters.")
+    if not CODE_PATTERN.match(code):
+        raise _Refused("The code may contain only letters, digits, dashes and underscores.")
+    return code
+
+
+def check_percent(raw: str) -> Decimal:
+    try:
+        percent = Decimal(raw)
+    except InvalidOperation:
+        raise _Refused("The percentage must be a number between 1 and 100.") from None
+    if not percent.is_finite() or not 1 <= percent <= 100:
+        raise _Refused("The percentage must be between 1 and 100.")
+    if percent.as_tuple().exponent < -2:  # type: ignore[operator]
+        raise _Refused("The percentage allows at most two decimals.")
+    return percent
+
+
+def check_money(raw: str, currency: str, label: str) -> tuple[int, str]:
+    """(minor units, currency) of an amount within Stripe's limits, or a refusal naming it."""
+    try:
+        code = stripe_currency(currency)
+        return stripe_amount(raw, code), code
+    except MoneyError as exc:
+        raise _Refused(f"{label}: {exc}") from None
+
+
+def check_duration(form: Mapping[str, Any]) -> tuple[Duration, int | None]:
+    duration = _text(form, "duration") or "once"
+    if duration not in DURATIONS:
+        raise _Refused("The duration must be once, repeating or forever.")
+    if duration != "repeating":
+        return duration, None
+    months = _whole(_text(form, "duration_in_months"), "The number of months", 10**6)
+    if months is None:
+        raise _Refused("A repeating coupon needs its number of months.")
+    if months > MAX_MONTHS:
+        raise _Refused(f"A repeating coupon lasts at most {MAX_MONTHS} months.")
+    return "repeating", months
+
+
+def check_expiry(value: Any, now: datetime) -> datetime | None:
+    """None, an aware datetime, or a day written YYYY-MM-DD (the code expires at its end, UTC);
+    in the future and within EXPIRY_YEARS."""
+    if value in ("", None):
+        return None
+    if isinstance(value, str):
+        try:
+            day = date.fromisoformat(value.strip())
+        except ValueError:
+            raise _Refused("The expiry must be a date written YYYY-MM-DD.") from None
+        value = datetime.combine(day, time(23, 59, 59), UTC)
+    elif isinstance(value, date) and not isinstance(value, datetime):
+        value = datetime.combine(value, time(23, 59, 59), UTC)
+    if not isinstance(value, datetime):
+        raise _Refused("The expiry must be a date and time.")
+    if value.tzinfo is None:
+        raise _Refused("The expiry needs a time zone (UTC).")
+    if value <= now:
+        raise _Refused("The expiry must be in the future.")
+    latest = now + timedelta(days=EXPIRY_YEARS * 365)
+    if value > latest:
+        raise _Refused(f"The expiry must be within {EXPIRY_YEARS} years (by {latest:%Y-%m-%d}).")
+    return value
+
+
 @dataclass(frozen=True)
 class NewPromotionCode:
     """A promotion code to create, valid by construction (use `parse`)."""
@@ -191,134 +301,112 @@ class NewPromotionCode:
     first_time_only: bool = False
     minimum_amount: int | None = None
     minimum_amount_currency: str | None = None
-    problems: tuple[str, ...] = field(default=(), repr=False, compare=False)
 
     @classmethod
     def parse(cls, form: Mapping[str, Any], *, now: datetime) -> NewPromotionCode:
-        """Build from a form's raw values (amounts in major units, e.g. "5.00").
-        Raises InvalidPromotion listing every problem."""
-        problems: list[str] = []
+        """Build from a form's raw values (amounts in major units, e.g. "5.00"), field by
+        field. Raises InvalidPromotion naming every field that is wrong."""
+        problems: dict[str, str] = {}
 
-        def text(name: str) -> str:
-            value = form.get(name)
-            return str(value).strip() if value is not None else ""
-
-        def positive_int(name: str, label: str) -> int | None:
-            raw = text(name)
-            if not raw:
-                return None
+        def field_(name: str, check: Callable[[], _T]) -> _T | None:
             try:
-                value = int(raw)
-            except ValueError:
-                problems.append(f"{label} must be a whole number.")
+                return check()
+            except _Refused as refused:
+                problems[name] = str(refused)
                 return None
-            if value < 1:
-                problems.append(f"{label} must be at least 1.")
-                return None
-            return value
 
-        code = text("code")
-        if not code:
-            problems.append("Enter a code.")
-        elif len(code) > CODE_MAX:
-            problems.append(f"The code is longer than {CODE_MAX} characters.")
-        elif not CODE_PATTERN.match(code):
-            problems.append("The code may contain only letters, digits, dashes and underscores.")
-
-        coupon_id = text("coupon_id") or None
-        percent_off: Decimal | None = None
-        amount_off: int | None = None
-        currency: str | None = None
-        duration = text("duration") or "once"
-        months: int | None = None
-        name = text("coupon_name") or None
+        values: dict[str, Any] = {
+            "code": field_("code", lambda: check_code(form)),
+            "max_redemptions": field_(
+                "max_redemptions",
+                lambda: _whole(
+                    _text(form, "max_redemptions"), "The redemption limit", MAX_REDEMPTIONS
+                ),
+            ),
+            "expires_at": field_("expires_at", lambda: check_expiry(form.get("expires_at"), now)),
+            "first_time_only": bool(form.get("first_time_only")),
+        }
+        coupon_id = _text(form, "coupon_id") or None
         if coupon_id is None:
-            raw_percent, raw_amount = text("percent_off"), text("amount_off")
-            if raw_percent and raw_amount:
-                problems.append("Give either a percentage or an amount off, not both.")
-            elif not raw_percent and not raw_amount:
-                problems.append("Give a percentage or an amount off (or pick an existing coupon).")
-            elif raw_percent:
-                try:
-                    percent_off = Decimal(raw_percent)
-                except InvalidOperation:
-                    problems.append("The percentage must be a number between 1 and 100.")
-                else:
-                    if not percent_off.is_finite() or not 1 <= percent_off <= 100:
-                        problems.append("The percentage must be between 1 and 100.")
-                        percent_off = None
-                    elif percent_off.as_tuple().exponent < -2:  # type: ignore[operator]
-                        problems.append("The percentage allows at most two decimals.")
-                        percent_off = None
-            else:
-                try:
-                    currency = validate_currency(text("currency"))
-                    amount_off = to_minor(raw_amount, currency)
-                except MoneyError as exc:
-                    problems.append(f"Amount off: {exc}")
-                else:
-                    if amount_off < 1:
-                        problems.append("The amount off must be more than zero.")
-            if duration not in DURATIONS:
-                problems.append("The duration must be once, repeating or forever.")
-            elif duration == "repeating":
-                months = positive_int("duration_in_months", "The number of months")
-                if months is None and not any("months" in p for p in problems):
-                    problems.append("A repeating coupon needs its number of months.")
-                elif months is not None and months > 36:
-                    problems.append("A repeating coupon lasts at most 36 months.")
-            if name and len(name) > COUPON_NAME_MAX:
-                problems.append(f"The coupon name is longer than {COUPON_NAME_MAX} characters.")
-        elif not re.match(r"^[A-Za-z0-9_-]{1,255}$", coupon_id):
-            problems.append("That coupon id is not valid.")
-
-        max_redemptions = positive_int("max_redemptions", "The redemption limit")
-
-        expires_at = form.get("expires_at")
-        if expires_at in ("", None):
-            expires_at = None
-        elif not isinstance(expires_at, datetime):
-            problems.append("The expiry must be a date and time.")
-            expires_at = None
-        elif expires_at.tzinfo is None:
-            problems.append("The expiry needs a time zone (UTC).")
-            expires_at = None
-        elif expires_at <= now:
-            problems.append("The expiry must be in the future.")
-        elif expires_at > now + timedelta(days=5 * 365):
-            problems.append("The expiry must be within five years.")
-
-        minimum: int | None = None
-        minimum_currency: str | None = None
-        if text("minimum_amount"):
-            try:
-                minimum_currency = validate_currency(
-                    text("minimum_amount_currency") or (currency or "")
-                )
-                minimum = to_minor(text("minimum_amount"), minimum_currency)
-            except MoneyError as exc:
-                problems.append(f"Minimum amount: {exc}")
-            else:
-                if minimum < 1:
-                    problems.append("The minimum amount must be more than zero.")
-
+            values.update(cls._coupon_terms(form, field_))
+        elif not COUPON_ID.match(coupon_id):
+            problems["coupon_id"] = "That coupon id is not valid."
+        values["coupon_id"] = coupon_id
+        if _text(form, "minimum_amount"):
+            currency = _text(form, "minimum_amount_currency") or values.get("currency") or ""
+            minimum = field_(
+                "minimum_amount",
+                lambda: check_money(_text(form, "minimum_amount"), currency, "Minimum amount"),
+            )
+            if minimum is not None:
+                values["minimum_amount"], values["minimum_amount_currency"] = minimum
         if problems:
-            raise InvalidPromotion(problems)
-        return cls(
-            code=code,
-            coupon_id=coupon_id,
-            percent_off=percent_off,
-            amount_off=amount_off,
-            currency=currency,
-            duration=duration,  # type: ignore[arg-type]
-            duration_in_months=months,
-            coupon_name=name,
-            max_redemptions=max_redemptions,
-            expires_at=expires_at,
-            first_time_only=bool(form.get("first_time_only")),
-            minimum_amount=minimum,
-            minimum_amount_currency=minimum_currency,
-        )
+            raise InvalidPromotion(list(problems.values()), problems)
+        return cls(**values)
+
+    @staticmethod
+    def _coupon_terms(
+        form: Mapping[str, Any], field_: Callable[[str, Callable[[], Any]], Any]
+    ) -> dict[str, Any]:
+        """The terms of a new coupon: a percentage or an amount, a duration, a name."""
+        terms: dict[str, Any] = {}
+        raw_percent, raw_amount = _text(form, "percent_off"), _text(form, "amount_off")
+
+        def one_of() -> None:
+            if raw_percent and raw_amount:
+                raise _Refused("Give either a percentage or an amount off, not both.")
+            if not raw_percent and not raw_amount:
+                raise _Refused("Give a percentage or an amount off (or pick an existing coupon).")
+
+        field_("percent_off", one_of)
+        if raw_percent and not raw_amount:
+            terms["percent_off"] = field_("percent_off", lambda: check_percent(raw_percent))
+        elif raw_amount and not raw_percent:
+            money = field_(
+                "amount_off",
+                lambda: check_money(raw_amount, _text(form, "currency"), "Amount off"),
+            )
+            if money is not None:
+                terms["amount_off"], terms["currency"] = money
+        duration = field_("duration", lambda: check_duration(form))
+        if duration is not None:
+            terms["duration"], terms["duration_in_months"] = duration
+        name = _text(form, "coupon_name") or None
+
+        def check_name() -> str | None:
+            if name and len(name) > COUPON_NAME_MAX:
+                raise _Refused(f"The coupon name is longer than {COUPON_NAME_MAX} characters.")
+            return name
+
+        terms["coupon_name"] = field_("coupon_name", check_name)
+        return terms
+
+    def describe(self) -> str:
+        """What will be created, in words: "SPRING: 15% off (once), limit 100, expires ..."."""
+        if self.coupon_id is not None:
+            terms = f"coupon {self.coupon_id}"
+        else:
+            terms = CouponTerms(
+                id="",
+                name=self.coupon_name,
+                percent_off=float(self.percent_off) if self.percent_off is not None else None,
+                amount_off=self.amount_off,
+                currency=self.currency,
+                duration=self.duration,
+                duration_in_months=self.duration_in_months,
+                valid=True,
+            ).describe()
+        parts = [f"{self.code}: {terms}"]
+        if self.max_redemptions is not None:
+            parts.append(f"limit {self.max_redemptions:,}")
+        if self.expires_at is not None:
+            parts.append(f"expires {self.expires_at:%Y-%m-%d %H:%M} UTC")
+        if self.minimum_amount is not None:
+            minimum = format_minor(self.minimum_amount, self.minimum_amount_currency)
+            parts.append(f"minimum {minimum}")
+        if self.first_time_only:
+            parts.append("first-time customers only")
+        return ", ".join(parts)
 
     def coupon_params(self, coupon_id: str) -> dict[str, Any]:
         """The parameters of the new coupon (an explicit id: a retry cannot make a second)."""

@@ -14,7 +14,7 @@ and commits, or (dry run) rolls back and only reports the diff.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -24,6 +24,7 @@ from sqlalchemy.orm import Session
 
 from core.auth import audit
 from core.auth.permissions import Actor, require
+from core.console import jobs
 from core.console.stripe_api import API_VERSION, StripeApi
 from core.db import session_scope
 from core.models import (
@@ -163,28 +164,19 @@ def _unpaid_sessions(session: Session, ids: list[str]) -> set[str]:
     return set(ids) - paid
 
 
-def reconcile(
-    engine: Engine,
-    client: StripeApi,
-    ctx: Context,
-    actor: Actor,
-    *,
-    days: int = RETENTION_DAYS,
-    now: datetime | None = None,
-) -> ReconcileReport:
-    """Apply Stripe's events we lack, repair paid sessions without a paid order; report."""
-    if not actor.is_system:
-        require(actor, "events.replay")
-    if not 1 <= days <= RETENTION_DAYS:
-        raise ValueError(f"days must be between 1 and {RETENTION_DAYS} (Stripe keeps 30 days)")
-    now = now or utcnow()
-    since = now - timedelta(days=days)
-    gte = int(since.timestamp())
-    report = ReconcileReport(since)
+Progress = Callable[[str, int, int | None], None]  # (step, done, total or None)
 
-    # No transaction is open during a network call. Events stream page by page and only the
-    # missing ones are kept, then applied oldest first (Stripe lists newest first), one short
-    # transaction each.
+
+def _no_progress(step: str, done: int, total: int | None) -> None:
+    return None
+
+
+def _missing_events(
+    engine: Engine, client: StripeApi, gte: int, report: ReconcileReport, progress: Progress
+) -> list[dict[str, Any]]:
+    """Stripe's events since `gte` that we lack (or hold as failed), oldest first. Events
+    stream page by page and only the missing ones are kept; no transaction is open during a
+    network call."""
     missing: list[dict[str, Any]] = []
     batch: list[dict[str, Any]] = []
 
@@ -193,6 +185,7 @@ def reconcile(
             settled = _settled_ids(session, [str(e.get("id")) for e in batch])
         missing.extend(e for e in batch if e.get("id") not in settled)
         batch.clear()
+        progress("listing Stripe's events", report.events_seen, None)
 
     for event in client.list_events(created_gte=gte):
         report.events_seen += 1
@@ -203,14 +196,38 @@ def reconcile(
     report.delivery_failed = sum(
         1 for _ in client.list_events(created_gte=gte, delivery_success=False)
     )
-    for event in sorted(missing, key=lambda e: (e.get("created") or 0, str(e.get("id")))):
+    return sorted(missing, key=lambda e: (e.get("created") or 0, str(e.get("id"))))
+
+
+def _apply_missing(
+    engine: Engine,
+    missing: list[dict[str, Any]],
+    ctx: Context,
+    report: ReconcileReport,
+    progress: Progress,
+) -> None:
+    """Apply each missing event through the webhook path, one transaction each."""
+    for done, event in enumerate(missing, 1):
         try:
             check_event_shape(event)
         except Rejection as rejection:
             report.skipped.append((str(event.get("id")), rejection.reason))
-            continue
-        _apply(engine, event, ctx, report)
+        else:
+            _apply(engine, event, ctx, report)
+        progress("applying missing events", done, len(missing))
 
+
+def _repair_sessions(
+    engine: Engine,
+    client: StripeApi,
+    gte: int,
+    ctx: Context,
+    report: ReconcileReport,
+    now: datetime,
+    progress: Progress,
+) -> None:
+    """Repair paid Checkout Sessions that have no paid order, through the same handler."""
+    progress("listing paid Checkout Sessions", 0, None)
     paid = [
         s
         for s in client.list_checkout_sessions(created_gte=gte)
@@ -219,15 +236,39 @@ def reconcile(
     report.sessions_seen = len(paid)
     with session_scope(engine, write=False) as session:
         unpaid = _unpaid_sessions(session, [s["id"] for s in paid])
-    for checkout in paid:
-        if checkout["id"] not in unpaid:
-            continue
+    repairs = [s for s in paid if s["id"] in unpaid]
+    for done, checkout in enumerate(repairs, 1):
         before = len(report.applied)
         _apply(engine, _repair_event(checkout, now), ctx, report)
         if len(report.applied) > before:
             report.applied.pop()
             report.sessions_repaired.append(checkout["id"])
+        progress("repairing paid sessions", done, len(repairs))
 
+
+def reconcile(
+    engine: Engine,
+    client: StripeApi,
+    ctx: Context,
+    actor: Actor,
+    *,
+    days: int = RETENTION_DAYS,
+    now: datetime | None = None,
+    progress: Progress = _no_progress,
+) -> ReconcileReport:
+    """Apply Stripe's events we lack, repair paid sessions without a paid order; report.
+    `progress` is told each step as it goes. Use `run_once` to hold the job lock."""
+    if not actor.is_system:
+        require(actor, "events.replay")
+    if not 1 <= days <= RETENTION_DAYS:
+        raise ValueError(f"days must be between 1 and {RETENTION_DAYS} (Stripe keeps 30 days)")
+    now = now or utcnow()
+    since = now - timedelta(days=days)
+    gte = int(since.timestamp())
+    report = ReconcileReport(since)
+    missing = _missing_events(engine, client, gte, report, progress)
+    _apply_missing(engine, missing, ctx, report, progress)
+    _repair_sessions(engine, client, gte, ctx, report, now, progress)
     with session_scope(engine) as session:
         audit.record(
             session,
@@ -242,6 +283,75 @@ def reconcile(
             },
         )
     return report
+
+
+JOB = "reconcile"
+
+
+class ReconcileBusy(RuntimeError):
+    """Another reconciliation is running (in any session or process); the message says whose."""
+
+
+def start(engine: Engine, actor: Actor, token: str, *, days: int) -> jobs.Claimed:
+    """Take the reconciliation lock for the request `token`. "started": the caller runs
+    `run_claimed`; "already": this request started it before, nothing to do. Raises
+    ReconcileBusy when someone else's run holds the lock."""
+    if not actor.is_system:
+        require(actor, "events.replay")
+    if not 1 <= days <= RETENTION_DAYS:
+        raise ValueError(f"days must be between 1 and {RETENTION_DAYS} (Stripe keeps 30 days)")
+    claimed, state = jobs.claim(engine, JOB, actor.username, token)
+    if claimed == "busy":
+        raise ReconcileBusy(
+            f"A reconciliation is already running ({state.describe()}, "
+            f"{state.step or 'starting'}); it runs once at a time."
+        )
+    return claimed
+
+
+def run_claimed(
+    engine: Engine,
+    client: StripeApi,
+    ctx: Context,
+    actor: Actor,
+    token: str,
+    *,
+    days: int,
+    progress: Progress = _no_progress,
+) -> ReconcileReport | None:
+    """Run the reconciliation whose lock `token` holds, recording progress for every session,
+    then release the lock with the report (None when it failed; the error is kept)."""
+
+    def report_progress(step: str, done: int, total: int | None) -> None:
+        jobs.progress(engine, JOB, token, step, done, total)
+        progress(step, done, total)
+
+    try:
+        report = reconcile(engine, client, ctx, actor, days=days, progress=report_progress)
+    except Exception as exc:
+        message = getattr(exc, "message", None) or safe_error(exc)
+        jobs.finish(engine, JOB, token, ok=False, result=[f"failed: {message}"])
+        log.error("reconcile failed: %s", message)
+        return None
+    jobs.finish(engine, JOB, token, ok=not report.failed, result=report.lines())
+    return report
+
+
+def run_once(
+    engine: Engine,
+    client: StripeApi,
+    ctx: Context,
+    actor: Actor,
+    token: str,
+    *,
+    days: int = RETENTION_DAYS,
+    progress: Progress = _no_progress,
+) -> ReconcileReport | None:
+    """Take the lock, run, release: None when this request had already run it. Raises
+    ReconcileBusy while another run holds the lock."""
+    if start(engine, actor, token, days=days) == "already":
+        return None
+    return run_claimed(engine, client, ctx, actor, token, days=days, progress=progress)
 
 
 # --- Replay -------------------------------------------------------------------------------------

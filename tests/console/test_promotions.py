@@ -71,7 +71,7 @@ GOOD: dict[str, Any] = {"code": "WINTER-24_a", "percent_off": "20"}
         ({"expires_at": NOW - timedelta(minutes=1)}, "must be in the future"),
         ({"expires_at": NOW}, "must be in the future"),
         ({"expires_at": datetime(2027, 1, 1)}, "needs a time zone"),
-        ({"expires_at": "tomorrow"}, "must be a date and time"),
+        ({"expires_at": "tomorrow"}, "must be a date written YYYY-MM-DD"),
         ({"minimum_amount": "abc", "minimum_amount_currency": "usd"}, "Minimum amount:"),
         ({"minimum_amount": "10"}, "Minimum amount: Currency must be"),
         ({"coupon_id": "no spaces please", "percent_off": ""}, "coupon id is not valid"),
@@ -88,6 +88,58 @@ def test_invalid_input_is_refused_before_anything_is_sent(
         )
     assert any(message in problem for problem in caught.value.problems), caught.value.problems
     assert fake.requests == []
+
+
+@pytest.mark.parametrize(
+    ("changes", "field", "message"),
+    [
+        ({"percent_off": "", "amount_off": "99999999999999.00", "currency": "usd"},
+         "amount_off", "at most USD 999,999.99 (Stripe's limit)"),
+        ({"percent_off": "", "amount_off": "100000000", "currency": "jpy"},
+         "amount_off", "at most JPY 99,999,999"),
+        ({"percent_off": "", "amount_off": "5", "currency": "xyz"},
+         "amount_off", "XYZ is not a currency Stripe charges in"),
+        ({"minimum_amount": "1e9", "minimum_amount_currency": "usd"},
+         "minimum_amount", "written as digits"),
+        ({"minimum_amount": "1000000", "minimum_amount_currency": "usd"},
+         "minimum_amount", "Stripe's limit"),
+        ({"minimum_amount": "-5", "minimum_amount_currency": "usd"},
+         "minimum_amount", "written as digits"),
+        ({"max_redemptions": "99999999999999999999"}, "max_redemptions", "at most 2,147,483,647"),
+        ({"max_redemptions": "2147483648"}, "max_redemptions", "at most 2,147,483,647"),
+        ({"max_redemptions": "1e3"}, "max_redemptions", "whole number"),
+        ({"duration": "repeating", "duration_in_months": "99999999999999999999999"},
+         "duration", "at most"),
+        ({"expires_at": "2099-01-01"}, "expires_at", "within 5 years"),
+        ({"expires_at": "2026-11-22"}, "expires_at", "must be in the future"),
+        ({"expires_at": "01/01/2027"}, "expires_at", "YYYY-MM-DD"),
+    ],
+)  # fmt: skip
+def test_values_beyond_stripes_limits_are_refused_by_field(
+    changes: dict[str, Any], field: str, message: str
+) -> None:
+    """Findings 1, 3 and 4 (issue 13): a 20-digit redemption limit, amount_off
+    99,999,999,999,999.00, currency `xyz`, a minimum of `1e9` and an expiry in 2099 were
+    accepted; each is now refused, naming its field."""
+    with pytest.raises(InvalidPromotion) as caught:
+        NewPromotionCode.parse({**GOOD, **changes}, now=NOW)
+    assert list(caught.value.fields) == [field]
+    assert message in caught.value.fields[field], caught.value.fields
+
+
+@pytest.mark.parametrize(
+    ("changes", "expected"),
+    [
+        ({"percent_off": "", "amount_off": "999999.99", "currency": "usd"}, 99_999_999),
+        ({"percent_off": "", "amount_off": "99999999", "currency": "JPY"}, 99_999_999),
+        ({"max_redemptions": "2147483647"}, 2_147_483_647),
+        ({"expires_at": "2031-11-21"}, datetime(2031, 11, 21, 23, 59, 59, tzinfo=UTC)),
+    ],
+)
+def test_values_at_the_limits_are_accepted(changes: dict[str, Any], expected: Any) -> None:
+    new = NewPromotionCode.parse({**GOOD, **changes}, now=NOW)
+    field = next(iter(changes.keys() - {"percent_off", "currency"}))
+    assert getattr(new, field) == expected
 
 
 def test_every_problem_is_listed_at_once() -> None:

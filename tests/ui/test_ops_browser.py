@@ -13,6 +13,7 @@ import re
 import shutil
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,20 +21,21 @@ from typing import Any
 import pytest
 from playwright.sync_api import Browser, Locator, Page, expect
 from playwright.sync_api import TimeoutError as PlaywrightTimeoutError
-from sqlalchemy import Engine, or_, select
+from sqlalchemy import Engine, func, or_, select
 from sqlalchemy.orm import Session
 
 from core.auth import audit
+from core.auth.users import User, hash_password, load_users, save_users
 from core.db import make_engine, session_scope
-from core.models import AuditEntry, Fulfillment, FulfillmentRequest, Order
+from core.models import AuditEntry, Fulfillment, FulfillmentRequest, Order, UserSession
 from core.webhook.fulfillment import FulfillmentDeferred
 from core.webhook.handlers import Context
 from core.webhook.receive import receive
+from demo.standin import StandIn, start_in_thread
 from tests.conftest import SECRET
 from tests.support import stripe_objects as so
 from tests.support.apptest import write_users
 from tests.support.dashboard_server import streamlit_dashboard
-from tests.support.stripe_standin import demo_standin
 from tests.ui.test_browser import (
     ARTIFACTS,
     STEP_TIMEOUT_MS,
@@ -101,15 +103,58 @@ def ops_dashboard(
     shutil.copyfile(sqlite_template, database)
     db_url = f"sqlite:///{database}"
     waiting_order = build_shop(db_url)
-    with demo_standin(db_url) as stripe_base:
+    with absurd_standin(db_url) as stripe_base:
         env = {
             "DATABASE_URL": db_url,
-            "AUTH_CONFIG": str(write_users(workdir / "users.yaml")),
+            "AUTH_CONFIG": str(with_real_cost_user(write_users(workdir / "users.yaml"))),
             "STRIPE_WEBHOOK_SECRETS": SECRET,
             "STRIPE_API_BASE": stripe_base,  # no STRIPE_SECRET_KEY: the offline stand-in
         }
         with streamlit_dashboard(workdir, env) as (url, log):
             yield OpsDashboard(url, db_url, waiting_order, log)
+
+
+REAL_COST_USER, REAL_COST_PASSWORD = "careful", "a-long-enough-password-2026"
+
+
+def with_real_cost_user(path: Path) -> Path:
+    """Add a finance user hashed at the production bcrypt cost: a login then takes long enough
+    (a quarter of a second) for a double click to land while the first is still running."""
+    users = load_users(path)
+    users[REAL_COST_USER] = User(
+        REAL_COST_USER, REAL_COST_USER, "finance", hash_password(REAL_COST_PASSWORD)
+    )
+    save_users(path, users)
+    return path
+
+
+@contextmanager
+def absurd_standin(db_url: str) -> Iterator[str]:
+    """The offline-demo stand-in, plus one code with values no form would accept but Stripe
+    may return (finding 1: a 20-digit limit crashed the page for every role)."""
+    engine = make_engine(db_url)
+    stand = StandIn(engine)
+    stand.seed()
+    (spring,) = stand.codes.values()
+    coupon = dict(stand.coupons[spring["promotion"]["coupon"]], id="huge", percent_off=None)
+    coupon.update(amount_off=10**25, currency="usd")
+    stand.coupons["huge"] = coupon
+    stand.codes["promo_absurd"] = {
+        **spring,
+        "id": "promo_absurd",
+        "code": "ABSURD",
+        "max_redemptions": 99999999999999999999,
+        "times_redeemed": 10**22,
+        "expires_at": 10**15,
+        "promotion": {"type": "coupon", "coupon": "huge"},
+    }
+    server, url = start_in_thread(stand)
+    try:
+        yield url
+    finally:
+        server.shutdown()
+        server.server_close()
+        engine.dispose()
 
 
 def log_out(page: Page) -> None:
@@ -190,27 +235,50 @@ def test_admin_manages_a_code_and_approves_a_support_request(
         shot(page, "ops-2-support-requested")
         log_out(page)
 
-        # Admin: create a code with a new 15% coupon, see it listed, deactivate it.
+        # Admin: the code with absurd Stripe-side values renders; create a code with a new 15%
+        # coupon, see it listed, deactivate it after confirming; the picker stays on it.
         log_in(page, ops_dashboard.url, "admin")
         go(page, "Promotion codes")
-        expect(main.get_by_text("1 codes, 1 active.")).to_be_visible()
-        main.get_by_label("Code (letters, digits, dashes, underscores)").fill(code)
-        main.get_by_label("Percent off (1 to 100)").fill("15")
-        shot(page, "ops-3-admin-create-form")
-        main.get_by_role("button", name="Create promotion code").click()
-        expect(
-            main.get_by_text(re.compile(rf"Created promotion code {code} \(promo_"))
-        ).to_be_visible()
-        shot(page, "ops-4-admin-created")
-        # The page reran after the creation: the list, read again from Stripe, has the code.
         expect(main.get_by_text("2 codes, 2 active.")).to_be_visible()
-        choose(main, "pc_pick", f"{code} (active)")
+        expect(main.get_by_text("This app has encountered an error")).to_have_count(0)
+        create = main.get_by_role("button", name="Create promotion code")
+        expect(create).to_be_disabled()
+        main.get_by_label("Code (letters, digits, dashes, underscores)").fill(code)
+        main.get_by_label("Code (letters, digits, dashes, underscores)").press("Tab")
+        main.get_by_label("Percent off (1 to 100)").fill("15")
+        main.get_by_label("Percent off (1 to 100)").press("Tab")
+        expiry = main.get_by_label("Expires on (optional, UTC, YYYY-MM-DD)")
+        expiry.fill("2099-01-01")
+        expiry.press("Tab")
+        expect(main.get_by_text("The expiry must be within 5 years")).to_be_visible()
+        expect(create).to_be_disabled()  # finding 4: refused before submission is possible
+        expiry.fill("")
+        expiry.press("Tab")
+        expect(create).to_be_enabled()
+        shot(page, "ops-3-admin-create-form")
+        create.dblclick()  # a double click creates one code
+        created = main.get_by_text(re.compile(rf"Created promotion code {code} \(promo_"))
+        expect(created).to_be_visible()
+        code_id = re.search(r"\((promo_[A-Za-z0-9_]+)\)", created.inner_text())
+        assert code_id is not None
+        shot(page, "ops-4-admin-created")
+        expect(main.get_by_text("3 codes, 3 active.")).to_be_visible()
+        expect(main.get_by_label("Code (letters, digits, dashes, underscores)")).to_have_value("")
+        choose(main, "pc_pick", f"{code} (active) · {code_id[1]}")
         shot(page, "ops-5-admin-code-listed")
-        main.get_by_role("button", name=f"Deactivate {code}").click()
-        expect(main.get_by_text("2 codes, 1 active.")).to_be_visible()
-        choose(main, "pc_pick", f"{code} (inactive)")
-        expect(main.get_by_role("button", name=f"Reactivate {code}")).to_be_visible()
+        main.get_by_role("button", name=f"Deactivate {code} ({code_id[1]})...").click()
+        main.get_by_role("button", name=f"Yes, deactivate {code}").dblclick()
+        expect(main.get_by_text("3 codes, 2 active.")).to_be_visible()
+        expect(
+            main.get_by_role("button", name=f"Reactivate {code} ({code_id[1]})...")
+        ).to_be_visible()
         shot(page, "ops-6-admin-code-inactive")
+
+        # Admin: a double-clicked reconciliation runs once.
+        go(page, "Reconcile & replay")
+        main.get_by_role("button", name="Run reconciliation (last 30 days)").dblclick()
+        expect(main.get_by_text("Last reconciliation finished: started by admin")).to_be_visible()
+        shot(page, "ops-6b-admin-reconciled")
 
         # Admin: approve the support user's request; Stripe (the stand-in) confirms the payment.
         go(page, "Manual fulfillment")
@@ -264,7 +332,12 @@ def test_admin_manages_a_code_and_approves_a_support_request(
                     or_(
                         *(
                             AuditEntry.action.startswith(prefix)
-                            for prefix in ("fulfillment.", "coupon.", "promotion_code.")
+                            for prefix in (
+                                "fulfillment.",
+                                "coupon.",
+                                "promotion_code.",
+                                "events.reconcile",
+                            )
                         )
                     )
                 )
@@ -295,9 +368,40 @@ def test_admin_manages_a_code_and_approves_a_support_request(
         ("coupon.create", "admin"),
         ("promotion_code.create", "admin"),
         ("promotion_code.deactivate", "admin"),
+        ("events.reconcile", "admin"),
         ("fulfillment.manual", "admin"),
     ]
     assert entries[0].target == entries[-1].target == f"order:{order_id}"
     assert entries[-1].details["request_id"] == request.id
     assert manual is not None and manual.startswith("req_standin_")
     assert chain.ok, chain.describe()
+
+
+def test_a_double_clicked_log_in_opens_one_session(
+    ops_dashboard: OpsDashboard, browser: Browser
+) -> None:
+    """Finding 5 (issue 13): double-clicking "Log in" opened two sessions."""
+    context = browser.new_context(viewport={"width": 1400, "height": 1200})
+    context.set_default_timeout(STEP_TIMEOUT_MS)
+    page = context.new_page()
+    try:
+        page.goto(ops_dashboard.url)
+        page.get_by_role("textbox", name="Username").fill(REAL_COST_USER)
+        page.get_by_role("textbox", name="Password").fill(REAL_COST_PASSWORD)
+        page.get_by_role("button", name="Log in").dblclick()
+        expect(page.get_by_test_id("stSidebar")).to_contain_text(f"Signed in as {REAL_COST_USER}")
+        expect(page.get_by_role("heading", level=1).first).to_be_visible()
+        page.wait_for_timeout(1_000)  # a second run, if any, has had its time
+    finally:
+        context.close()
+    engine = make_engine(ops_dashboard.db_url)
+    try:
+        with session_scope(engine, write=False) as session:
+            opened = session.execute(
+                select(func.count())
+                .select_from(UserSession)
+                .where(UserSession.username == REAL_COST_USER)
+            ).scalar_one()
+    finally:
+        engine.dispose()
+    assert opened == 1
