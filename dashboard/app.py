@@ -11,12 +11,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import unquote, urlsplit
 
 import streamlit as st
 
 from core.auth import permissions
 from core.auth.permissions import Actor
-from core.settings import ConfigError, get_settings
+from core.settings import ConfigError, Settings, get_settings, key_mode
 from dashboard import auth
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -44,6 +45,39 @@ PAGES: tuple[PageSpec, ...] = (
 )
 # Where each role lands after logging in: the first of these it may use.
 LANDING = ("overview.py", "orders.py")
+PRODUCT = "Payments console"
+HOME_PATHS = ("", "home")
+
+
+def environment_label(settings: Settings) -> str:
+    """Which environment this console shows, for the login page and the sidebar: the
+    deployment (APP_ENV) and what Stripe is behind it (the offline demo stand-in, another
+    stand-in, or the account's test or live mode)."""
+    deployment = "Production" if settings.is_production else "Development"
+    if settings.stripe_secret_key is None:
+        stripe = "demo data, offline Stripe stand-in"
+    elif settings.stripe_api_base:
+        stripe = "Stripe stand-in (STRIPE_API_BASE)"
+    else:
+        mode = key_mode(settings.stripe_secret_key.get_secret_value())
+        stripe = {"live": "Stripe live mode", "test": "Stripe test mode"}.get(
+            str(mode), "Stripe, unknown mode"
+        )
+    return f"{deployment} · {stripe}"
+
+
+def requested_path() -> str:
+    """The page path the browser asked for (the last part of the URL's path)."""
+    path = urlsplit(st.context.url or "").path
+    return unquote(path.rstrip("/").rsplit("/", 1)[-1])
+
+
+def not_found(path: str, home: st.Page) -> None:
+    """An address that names no page: say so, and offer the way back (Streamlit alone would
+    quietly show the landing page instead)."""
+    st.title("Page not found")
+    st.text(f"There is no page called “{path}” in the {PRODUCT}.")
+    st.page_link(home, label="Back to the console", icon=":material/home:")
 
 
 def visible_pages(role: str | None) -> list[PageSpec]:
@@ -70,6 +104,10 @@ def register_pages() -> tuple[st.Page, dict[str, st.Page]]:
     }
 
     def home() -> None:
+        path = requested_path()
+        if path not in HOME_PATHS:
+            not_found(path, home_page)
+            return
         actor = auth.current_actor()
         landing = landing_file(actor.role if actor else None)
         if landing is None:
@@ -84,6 +122,7 @@ def register_pages() -> tuple[st.Page, dict[str, st.Page]]:
         st.switch_page(pages[landing])
 
     home_page = st.Page(home, title="Home", url_path="home", default=True, visibility="hidden")
+    auth.set_home(home_page)
     return home_page, pages
 
 
@@ -108,9 +147,7 @@ def sidebar(actor: Actor, pages: dict[str, st.Page]) -> None:
 
 
 def main() -> None:
-    st.set_page_config(
-        page_title="Payments console", page_icon=":material/payments:", layout="wide"
-    )
+    st.set_page_config(page_title=PRODUCT, page_icon=":material/payments:", layout="wide")
     try:
         get_settings()
     except ConfigError as exc:
@@ -118,7 +155,7 @@ def main() -> None:
         st.stop()
     home, pages = register_pages()
     current = st.navigation([home, *pages.values()], position="hidden")
-    actor = auth.authenticate()
+    actor = auth.authenticate(PRODUCT, environment_label(get_settings()))
     if actor is None:
         st.stop()
     sidebar(actor, pages)

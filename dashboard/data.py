@@ -24,8 +24,9 @@ from core.auth import audit
 from core.auth.audit import AuditFilter as AuditFilter  # the pages build filters
 from core.auth.permissions import Actor, allowed, mask_email, require
 from core.console import alerts, orders, payments, webhooks
-from core.console.orders import OrderDetail, TimelineEntry
+from core.console.orders import CustomerSummary, Exact, OrderDetail
 from core.console.period import Grain, Period
+from core.console.timeline import TimelineEntry, order_timeline
 from core.console.webhooks import RetryStats
 from core.db import get_engine, session_scope
 from core.settings import get_settings
@@ -64,7 +65,7 @@ def _overview(url: str, start: datetime, end: datetime) -> payments.Overview:
 @shown
 def overview(actor: Actor, period: Period) -> tuple[payments.Overview, payments.Overview]:
     """The period's figures and those of the period before it."""
-    require(actor, "webhooks.view")
+    require(actor, "metrics.view")
     before = period.previous()
     return _overview(_url(), period.start, period.end), _overview(_url(), before.start, before.end)
 
@@ -93,7 +94,7 @@ def _payment_rates(url: str, start: datetime, end: datetime, grain: Grain) -> pd
 @shown
 def payment_rates(actor: Actor, period: Period, grain: Grain) -> pd.DataFrame:
     """Per bucket: attempts and rates counted raw, and per card (deduplicated by fingerprint)."""
-    require(actor, "webhooks.view")
+    require(actor, "metrics.view")
     return _payment_rates(_url(), period.start, period.end, grain)
 
 
@@ -105,7 +106,7 @@ def _decline_reasons(url: str, start: datetime, end: datetime) -> pd.DataFrame:
 
 @shown
 def decline_reasons(actor: Actor, period: Period) -> pd.DataFrame:
-    require(actor, "webhooks.view")
+    require(actor, "metrics.view")
     return _decline_reasons(_url(), period.start, period.end)
 
 
@@ -118,7 +119,7 @@ def _volume_by_currency(url: str, start: datetime, end: datetime, grain: Grain) 
 @shown
 def volume_by_currency(actor: Actor, period: Period, grain: Grain) -> pd.DataFrame:
     """Succeeded volume per bucket and currency, in integer minor units."""
-    require(actor, "webhooks.view")
+    require(actor, "metrics.view")
     return _volume_by_currency(_url(), period.start, period.end, grain)
 
 
@@ -131,6 +132,10 @@ class OrderPage:
 
     orders: pd.DataFrame
     total: int
+    refused: str | None = None  # why this search is not open to the role, when it is not
+
+
+DOMAIN_REFUSED = "Searching by email domain needs a role that sees customers' emails."
 
 
 @st.cache_data(ttl=LOOKUP_TTL_S, max_entries=CACHE_ENTRIES, show_spinner=False)
@@ -146,12 +151,42 @@ def _search_orders(url: str, query: str, limit: int, offset: int) -> OrderPage:
 def search_orders(actor: Actor, query: str, *, limit: int, offset: int) -> OrderPage:
     """Orders matching `query` (email, order id, cs_, pi_, cus_, ch_, card last4), newest first."""
     require(actor, "orders.view")
+    if orders.is_domain_query(query) and not _sees_full_emails(actor):
+        return OrderPage(orders.search_orders_empty(), 0, DOMAIN_REFUSED)
     page = _search_orders(_url(), query.strip(), limit, offset)
     if _sees_full_emails(actor):
         return page
     masked = page.orders.copy()
     masked["customer_email"] = masked["customer_email"].map(mask_email)
     return OrderPage(masked, page.total)
+
+
+@st.cache_data(ttl=LOOKUP_TTL_S, max_entries=CACHE_ENTRIES, show_spinner=False)
+def _exact_match(url: str, query: str) -> Exact | None:
+    with _read(url) as session:
+        return orders.exact_match(session, query)
+
+
+@shown
+def exact_match(actor: Actor, query: str) -> Exact | None:
+    """The one order or customer `query` names exactly (an id), to open it directly."""
+    require(actor, "orders.view")
+    return _exact_match(_url(), query.strip())
+
+
+@st.cache_data(ttl=LOOKUP_TTL_S, max_entries=CACHE_ENTRIES, show_spinner=False)
+def _customer(url: str, customer_id: str) -> CustomerSummary | None:
+    with _read(url) as session:
+        return orders.customer_summary(session, customer_id)
+
+
+@shown
+def customer(actor: Actor, customer_id: str) -> CustomerSummary | None:
+    require(actor, "orders.view")
+    found = _customer(_url(), customer_id)
+    if found is None or _sees_full_emails(actor):
+        return found
+    return replace(found, email=mask_email(found.email))
 
 
 @st.cache_data(ttl=LOOKUP_TTL_S, max_entries=CACHE_ENTRIES, show_spinner=False)
@@ -172,20 +207,46 @@ def order(actor: Actor, order_id: int) -> OrderDetail | None:
 @st.cache_data(ttl=LOOKUP_TTL_S, max_entries=CACHE_ENTRIES, show_spinner=False)
 def _timeline(url: str, order_id: int) -> list[TimelineEntry]:
     with _read(url) as session:
-        return orders.order_timeline(session, order_id)
+        return order_timeline(session, order_id)
 
 
 @shown
 def timeline(actor: Actor, order_id: int) -> list[TimelineEntry]:
-    """The order's one timeline, oldest first; emails inside it masked unless allowed."""
+    """The order's one timeline, oldest first; emails inside it masked unless allowed, and the
+    raw Stripe payloads kept for admins (those who replay events) only."""
     require(actor, "orders.view")
-    entries = _timeline(_url(), order_id)
-    if _sees_full_emails(actor):
-        return entries
+    payloads = allowed(actor.role, "events.replay")
+    masked = not _sees_full_emails(actor)
     return [
-        replace(entry, title=_mask_text(entry.title), detail=_mask_value(entry.detail))
-        for entry in entries
+        _entry_for(entry, payloads=payloads, masked=masked) for entry in _timeline(_url(), order_id)
     ]
+
+
+def _entry_for(entry: TimelineEntry, *, payloads: bool, masked: bool) -> TimelineEntry:
+    events = tuple(
+        replace(event, payload=event.payload if payloads else None) for event in entry.events
+    )
+    if not masked:
+        return replace(entry, events=events)
+    events = tuple(
+        replace(
+            event,
+            last_error=_mask_value(event.last_error),
+            payload=_mask_value(event.payload),
+            deliveries=tuple(
+                replace(delivery, error=_mask_value(delivery.error))
+                for delivery in event.deliveries
+            ),
+        )
+        for event in events
+    )
+    return replace(
+        entry,
+        title=_mask_text(entry.title),
+        facts=_mask_value(entry.facts),
+        technical=_mask_value(entry.technical),
+        events=events,
+    )
 
 
 def _sees_full_emails(actor: Actor) -> bool:
@@ -234,7 +295,7 @@ def _recent_alerts(url: str, limit: int) -> pd.DataFrame:
 @shown
 def recent_alerts(actor: Actor, *, limit: int = 10) -> pd.DataFrame:
     """The latest alerts (new flags, decline and webhook spikes), newest first."""
-    require(actor, "webhooks.view")
+    require(actor, "metrics.view")
     frame = _recent_alerts(_url(), limit)
     if not _sees_full_emails(actor):
         frame = frame.assign(message=frame["message"].map(_mask_text))
@@ -252,7 +313,7 @@ def _deliveries_by_day(url: str, start: datetime, end: datetime) -> pd.DataFrame
 
 @shown
 def deliveries_by_day(actor: Actor, period: Period) -> pd.DataFrame:
-    require(actor, "webhooks.view")
+    require(actor, "metrics.view")
     return _deliveries_by_day(_url(), period.start, period.end)
 
 
@@ -264,7 +325,7 @@ def _retry_stats(url: str, start: datetime, end: datetime) -> RetryStats:
 
 @shown
 def retry_stats(actor: Actor, period: Period) -> RetryStats:
-    require(actor, "webhooks.view")
+    require(actor, "metrics.view")
     return _retry_stats(_url(), period.start, period.end)
 
 
@@ -276,7 +337,7 @@ def _signature_failures(url: str, start: datetime, end: datetime) -> pd.DataFram
 
 @shown
 def signature_failures(actor: Actor, period: Period) -> pd.DataFrame:
-    require(actor, "webhooks.view")
+    require(actor, "metrics.view")
     return _signature_failures(_url(), period.start, period.end)
 
 
@@ -301,7 +362,7 @@ def _processing_failures(
 @shown
 def processing_failures(actor: Actor, period: Period, *, limit: int, offset: int) -> TablePage:
     """Deliveries whose handler failed, newest first, one page at a time."""
-    require(actor, "webhooks.view")
+    require(actor, "metrics.view")
     page = _processing_failures(_url(), period.start, period.end, limit, offset)
     return _mask_column(actor, page, "error")
 
@@ -314,7 +375,7 @@ def _webhook_lag(url: str, start: datetime, end: datetime) -> pd.DataFrame:
 
 @shown
 def webhook_lag(actor: Actor, period: Period) -> pd.DataFrame:
-    require(actor, "webhooks.view")
+    require(actor, "metrics.view")
     return _webhook_lag(_url(), period.start, period.end)
 
 
@@ -330,7 +391,7 @@ def _oldest_failing_events(url: str, limit: int) -> TablePage:
 @shown
 def oldest_failing_events(actor: Actor, *, limit: int = 20) -> TablePage:
     """Events whose processing still fails, oldest first, and how many fail in all."""
-    require(actor, "webhooks.view")
+    require(actor, "metrics.view")
     return _mask_column(actor, _oldest_failing_events(_url(), limit), "last_error")
 
 

@@ -273,10 +273,12 @@ def escape_markdown(text: str) -> str:
 
 
 def orders_table(orders: pd.DataFrame) -> pd.DataFrame:
-    """Search results as people read them: money per currency, no minor units."""
-    return pd.DataFrame(
+    """Search results as people read them: money per currency, no minor units, which field
+    matched the search, and "–" for every empty cell."""
+    table = pd.DataFrame(
         {
             "order": orders["id"],
+            "matched on": orders.get("matched"),
             "created (UTC)": orders["created_at"].dt.strftime("%Y-%m-%d %H:%M"),
             "email": orders["customer_email"],
             "amount": [
@@ -289,6 +291,7 @@ def orders_table(orders: pd.DataFrame) -> pd.DataFrame:
             "customer": orders["customer_id"],
         }
     )
+    return table.astype(object).where(table.notna(), "–")
 
 
 def order_labels(orders: pd.DataFrame) -> dict[int, str]:
