@@ -71,16 +71,14 @@ def header(order: OrderDetail) -> None:
         disputed.metric("Disputed amount", _money(dispute.amount, dispute.currency))
         respond_by.metric("Respond by", _at(dispute.respond_by))
         opened.metric("Disputed at", _at(dispute.at))
-    identifiers = pd.DataFrame(
-        {
-            "Customer email": [order.customer_email or EMPTY],
-            "Customer": [order.customer_id or EMPTY],
-            "Checkout Session": [order.checkout_session_id or EMPTY],
-            "PaymentIntent": [order.payment_intent_id or EMPTY],
-            "Created at": [_at(order.created_at)],
-        }
+    # Plain text, not a table: support copies these ids into tickets and Stripe's dashboard.
+    st.text(
+        f"Customer email: {order.customer_email or EMPTY} · Customer: {order.customer_id or EMPTY}"
     )
-    st.dataframe(identifiers, hide_index=True, key="order_identifiers")
+    st.text(
+        f"Checkout Session: {order.checkout_session_id or EMPTY} · "
+        f"PaymentIntent: {order.payment_intent_id or EMPTY} · Created at: {_at(order.created_at)}"
+    )
 
 
 def customer_header(customer: CustomerSummary) -> None:
