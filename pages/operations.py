@@ -6,6 +6,7 @@ from __future__ import annotations
 import streamlit as st
 
 from dashboard import live as views
+from dashboard import widgets
 from dashboard.auth import require
 
 actor = require("events.replay")
@@ -31,7 +32,7 @@ if failed.empty:
     st.caption("No stored event is failing.")
 else:
     st.caption("Events whose handler failed, oldest first:")
-    st.dataframe(failed, hide_index=True, key="ops_failed")
+    widgets.failures_table(failed, key="ops_failed")
 event_id = st.text_input("Event id (evt_...)", key="ops_event").strip()
 dry_col, apply_col = st.columns(2)
 if dry_col.button("Dry run", key="ops_dry", disabled=not event_id):

@@ -67,7 +67,7 @@ with right:
         st.success("No delivery failed in processing.")
     else:
         st.caption(f"{failures.total:,} failed deliveries, newest first.")
-        st.dataframe(failures.rows, hide_index=True, key="wh_failures")
+        widgets.failures_table(failures.rows, key="wh_failures")
         widgets.pager(failures.total, FAILURES_PAGE, "wh_failures")
 
 st.subheader("Lag")
@@ -84,7 +84,7 @@ if failing.total == 0:
     st.success("No event is failing.")
 else:
     st.caption(f"{failing.total:,} events still failing; the {len(failing.rows)} oldest:")
-    st.dataframe(failing.rows, hide_index=True, key="wh_failing")
+    widgets.failures_table(failing.rows, key="wh_failing")
 
 # --- Webhook endpoint health ---------------------------------------------------------------------
 # Another engineer adds the "Webhook endpoint health" section here (Stripe's view of the endpoint:
