@@ -155,7 +155,8 @@ def take(url: str, out: Path, username: str, password: str) -> None:
         page = browser.new_page(viewport={"width": WIDTH, "height": HEIGHT})
         page.set_default_timeout(STEP_TIMEOUT_MS)
         page.goto(url)
-        expect(page.get_by_role("button", name="Log in")).to_be_visible()
+        # The first run of a fresh server imports everything: give it longer than a step.
+        expect(page.get_by_role("button", name="Log in")).to_be_visible(timeout=180_000)
         shoot(page, out, "login")
         page.get_by_role("textbox", name="Username").fill(username)
         page.get_by_role("textbox", name="Password").fill(password)
@@ -192,7 +193,12 @@ def main(argv: list[str] | None = None) -> int:
             workdir = Path(stack.enter_context(tempfile.TemporaryDirectory()))
             url = demo_dashboard(stack, workdir, args.orders, args.days)
         print(f"screenshots of {url} into {args.out}")
-        take(url, args.out, args.username, args.password)
+        try:
+            take(url, args.out, args.username, args.password)
+        except Exception:
+            if args.url is None:
+                print((workdir / "streamlit.log").read_text()[-3000:], file=sys.stderr)
+            raise
     return 0
 
 
