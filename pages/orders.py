@@ -33,7 +33,7 @@ def results_table(label: str) -> int | None:
         st.warning(results.refused)
         st.stop()
     if results.total == 0:
-        st.warning(f"No order matches “{widgets.escape_markdown(query)}”.")
+        st.warning("No order matches this search.")
         st.stop()
     shown = len(results.orders)
     st.caption(f"{results.total:,} order(s) match; showing {offset + 1}–{offset + shown}.")

@@ -162,6 +162,11 @@ def take(url: str, out: Path, username: str, password: str) -> None:
         page.get_by_role("textbox", name="Password").fill(password)
         page.get_by_role("button", name="Log in").click()
         expect(page.get_by_test_id("stSidebar")).to_contain_text(f"Signed in as {username}")
+        # The landing page's title: the switch to it waits for the login cookie, and a click
+        # before it could be overtaken by that switch.
+        expect(page.get_by_role("heading", level=1).first).to_be_visible()
+        expect(page.get_by_test_id("stSidebar").get_by_test_id("stPageLink").first).to_be_visible()
+        settle(page)
         for spec in PAGES:
             link = page.get_by_test_id("stSidebar").get_by_role("link", name=spec.title)
             if not link.count():
