@@ -55,22 +55,26 @@ def header(order: OrderDetail) -> None:
     """What support is asked about, at a glance: status, money, customer and the key times,
     refunds and the dispute, all times in UTC with the zone named."""
     st.header(f"Order #{order.id}")
-    status, amount, paid, fulfilled = st.columns(4)
+    status, amount, refunded = st.columns(3)
     status.metric("Status", status_words(order.status))
     amount.metric("Amount", _money(order.amount_total, order.currency))
-    paid.metric("Paid at", _at(order.paid_at))
-    fulfilled.metric("Fulfilled at", _at(order.fulfilled_at))
+    refunded.metric(
+        "Refunded",
+        _money(order.amount_refunded, order.currency) if order.amount_refunded else EMPTY,
+    )
+    # Times as one line of text: a metric's large type would clip them at 1280 px.
+    times = [f"Paid at: {_at(order.paid_at)}", f"Fulfilled at: {_at(order.fulfilled_at)}"]
     if order.amount_refunded or order.refunds:
-        refunded, refunded_at, _, _ = st.columns(4)
-        refunded.metric("Refunded", _money(order.amount_refunded, order.currency))
-        refunded_at.metric("Refunded at", _at(order.last_refund_at))
+        times.append(f"Refunded at: {_at(order.last_refund_at)}")
+    st.text(" · ".join(times))
     if order.dispute is not None:
         dispute = order.dispute
-        reason, disputed, respond_by, opened = st.columns(4)
-        reason.metric("Dispute reason", dispute_reason_label(dispute.reason) or EMPTY)
-        disputed.metric("Disputed amount", _money(dispute.amount, dispute.currency))
-        respond_by.metric("Respond by", _at(dispute.respond_by))
-        opened.metric("Disputed at", _at(dispute.at))
+        st.text(
+            f"Disputed at: {_at(dispute.at)} · "
+            f"Amount: {_money(dispute.amount, dispute.currency or order.currency)} · "
+            f"Respond by: {_at(dispute.respond_by)}\n"
+            f"Dispute reason: {dispute_reason_label(dispute.reason) or EMPTY}"
+        )
     # Plain text, not a table: support copies these ids into tickets and Stripe's dashboard.
     st.text(
         f"Customer email: {order.customer_email or EMPTY} · Customer: {order.customer_id or EMPTY}"

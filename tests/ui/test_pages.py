@@ -582,7 +582,8 @@ def test_orders_search_opens_the_one_timeline(shop: tuple[str, Facts], role: str
     shown = metrics(at)
     assert shown["Status"][0] == "Fulfilled"
     assert shown["Amount"][0] == "USD 25.00"
-    assert shown["Paid at"][0].endswith(" UTC") and shown["Fulfilled at"][0].endswith(" UTC")
+    day = f"{shop[1].day:%Y-%m-%d}"
+    assert f"Paid at: {day} 09:00 UTC · Fulfilled at: {day} 09:00 UTC" in texts(at)
     timeline = texts(at)
     for line in (
         "Payment of USD 25.00 declined: The card has insufficient funds (insufficient_funds)",
@@ -701,9 +702,21 @@ def test_orders_show_zero_decimal_and_refunds_in_the_currency(shop: tuple[str, F
     shown = metrics(at)
     assert shown["Amount"][0] == "JPY 5,000"
     assert shown["Refunded"][0] == "JPY 5,000"
-    assert shown["Refunded at"][0].endswith(" UTC")
+    day = f"{shop[1].day:%Y-%m-%d}"
+    assert f"Paid at: {day} 10:00 UTC · Fulfilled at: {day} 10:00 UTC · " in texts(at)
+    assert f"Refunded at: {day} 11:00 UTC" in texts(at)
     assert shown["Status"][0] == "Refunded"
     assert "Refunded JPY 5,000 (in full)" in texts(at)
+
+
+def test_a_disputed_order_shows_reason_amount_and_respond_by(shop: tuple[str, Facts]) -> None:
+    """Finding 8: a dispute had no reason, amount or respond-by date; times had no zone."""
+    at = app_as("support", shop[0], page="pages/orders.py")
+    search(at, shop[1].claire["cs"])
+    assert metrics(at)["Status"][0] == "Disputed"
+    header = texts(at)
+    assert "Amount: USD 10.00 · Respond by: 2024-08-14 23:59 UTC" in header  # Stripe's example
+    assert "Dispute reason: Uncategorised dispute (general)" in header
 
 
 def test_orders_search_without_match_says_so(shop: tuple[str, Facts]) -> None:
