@@ -385,7 +385,10 @@ def test_an_unknown_page_says_not_found_and_leads_back(
         page.keyboard.press("Escape")
         expect(page.get_by_role("dialog")).to_have_count(0)
         expect(page.get_by_role("heading", name="Page not found", level=1)).to_be_visible()
-        page.get_by_role("link", name="Back to the console").click()
+        back = page.get_by_role("link", name="Back to the console")
+        expect(back).to_be_visible()
+        page.wait_for_timeout(1000)  # the dialog's closing animation moves the page under it
+        back.click()
         expect(page.get_by_role("heading", name="Overview", level=1)).to_be_visible()
     except Exception:
         shot(page, "unknown-page-failure")
