@@ -72,12 +72,33 @@ def requested_path() -> str:
     return unquote(path.rstrip("/").rsplit("/", 1)[-1])
 
 
-def not_found(path: str, home: st.Page) -> None:
+NOT_FOUND_KEY = "_not_found_path"
+DISMISSED_KEY = "_not_found_dismissed"
+
+
+def missing_page() -> str | None:
+    """The unknown address this browser session asked for, until the user leaves it.
+
+    Streamlit runs the home page for an address that names no page, and its frontend soon
+    rewrites the address to "/", so a later run could not tell any more: the path is kept in
+    the session until "Back to the console" dismisses it."""
+    path = requested_path()
+    if path not in HOME_PATHS and path != st.session_state.get(DISMISSED_KEY):
+        st.session_state[NOT_FOUND_KEY] = path
+    missing = st.session_state.get(NOT_FOUND_KEY)
+    return missing if isinstance(missing, str) else None
+
+
+def _dismiss() -> None:
+    st.session_state[DISMISSED_KEY] = st.session_state.pop(NOT_FOUND_KEY, None)
+
+
+def not_found(path: str) -> None:
     """An address that names no page: say so, and offer the way back (Streamlit alone would
     quietly show the landing page instead)."""
     st.title("Page not found")
     st.text(f"There is no page called “{path}” in the {PRODUCT}.")
-    st.page_link(home, label="Back to the console", icon=":material/home:")
+    st.button("Back to the console", icon=":material/home:", on_click=_dismiss)
 
 
 def visible_pages(role: str | None) -> list[PageSpec]:
@@ -104,9 +125,9 @@ def register_pages() -> tuple[st.Page, dict[str, st.Page]]:
     }
 
     def home() -> None:
-        path = requested_path()
-        if path not in HOME_PATHS:
-            not_found(path, home_page)
+        missing = missing_page()
+        if missing is not None:
+            not_found(missing)
             return
         actor = auth.current_actor()
         landing = landing_file(actor.role if actor else None)

@@ -385,7 +385,7 @@ def test_an_unknown_page_says_not_found_and_leads_back(
         page.keyboard.press("Escape")
         expect(page.get_by_role("dialog")).to_have_count(0)
         expect(page.get_by_role("heading", name="Page not found", level=1)).to_be_visible()
-        back = page.get_by_role("link", name="Back to the console")
+        back = page.get_by_role("button", name="Back to the console")
         expect(back).to_be_visible()
         page.wait_for_timeout(1000)  # the dialog's closing animation moves the page under it
         back.click()
