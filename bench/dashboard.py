@@ -395,7 +395,7 @@ def add_rollup(engine: Engine) -> int:
 
 
 def _pages(now: datetime, fixture: dict[str, Any]) -> dict[str, Callable[[Any], Any]]:
-    from core.console import orders
+    from core.console import orders, timeline
     from core.console import payments as pay
     from core.console import webhooks as hooks
     from core.console.period import Period
@@ -447,7 +447,7 @@ def _pages(now: datetime, fixture: dict[str, Any]) -> dict[str, Callable[[Any], 
         pages[f"search: {label}"] = search(query)
     order_id = fixture["timeline_order"]
     pages["timeline"] = lambda s: (orders.get_order(s, order_id),
-                                   orders.order_timeline(s, order_id))  # fmt: skip
+                                   timeline.order_timeline(s, order_id))  # fmt: skip
     return pages
 
 

@@ -11,12 +11,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import unquote, urlsplit
 
 import streamlit as st
 
 from core.auth import permissions
 from core.auth.permissions import Actor
-from core.settings import ConfigError, get_settings
+from core.settings import ConfigError, Settings, get_settings, key_mode
 from dashboard import auth
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -46,6 +47,60 @@ PAGES: tuple[PageSpec, ...] = (
 )
 # Where each role lands after logging in: the first of these it may use.
 LANDING = ("overview.py", "orders.py")
+PRODUCT = "Payments console"
+HOME_PATHS = ("", "home")
+
+
+def environment_label(settings: Settings) -> str:
+    """Which environment this console shows, for the login page and the sidebar: the
+    deployment (APP_ENV) and what Stripe is behind it (the offline demo stand-in, another
+    stand-in, or the account's test or live mode)."""
+    deployment = "Production" if settings.is_production else "Development"
+    if settings.stripe_secret_key is None:
+        stripe = "demo data, offline Stripe stand-in"
+    elif settings.stripe_api_base:
+        stripe = "Stripe stand-in (STRIPE_API_BASE)"
+    else:
+        mode = key_mode(settings.stripe_secret_key.get_secret_value())
+        stripe = {"live": "Stripe live mode", "test": "Stripe test mode"}.get(
+            str(mode), "Stripe, unknown mode"
+        )
+    return f"{deployment} · {stripe}"
+
+
+def requested_path() -> str:
+    """The page path the browser asked for (the last part of the URL's path)."""
+    path = urlsplit(st.context.url or "").path
+    return unquote(path.rstrip("/").rsplit("/", 1)[-1])
+
+
+NOT_FOUND_KEY = "_not_found_path"
+DISMISSED_KEY = "_not_found_dismissed"
+
+
+def missing_page() -> str | None:
+    """The unknown address this browser session asked for, until the user leaves it.
+
+    Streamlit runs the home page for an address that names no page, and its frontend soon
+    rewrites the address to "/", so a later run could not tell any more: the path is kept in
+    the session until "Back to the console" dismisses it."""
+    path = requested_path()
+    if path not in HOME_PATHS and path != st.session_state.get(DISMISSED_KEY):
+        st.session_state[NOT_FOUND_KEY] = path
+    missing = st.session_state.get(NOT_FOUND_KEY)
+    return missing if isinstance(missing, str) else None
+
+
+def _dismiss() -> None:
+    st.session_state[DISMISSED_KEY] = st.session_state.pop(NOT_FOUND_KEY, None)
+
+
+def not_found(path: str) -> None:
+    """An address that names no page: say so, and offer the way back (Streamlit alone would
+    quietly show the landing page instead)."""
+    st.title("Page not found")
+    st.text(f"There is no page called “{path}” in the {PRODUCT}.")
+    st.button("Back to the console", icon=":material/home:", on_click=_dismiss)
 
 
 def visible_pages(role: str | None) -> list[PageSpec]:
@@ -72,6 +127,10 @@ def register_pages() -> tuple[st.Page, dict[str, st.Page]]:
     }
 
     def home() -> None:
+        missing = missing_page()
+        if missing is not None:
+            not_found(missing)
+            return
         actor = auth.current_actor()
         landing = landing_file(actor.role if actor else None)
         if landing is None:
@@ -86,6 +145,7 @@ def register_pages() -> tuple[st.Page, dict[str, st.Page]]:
         st.switch_page(pages[landing])
 
     home_page = st.Page(home, title="Home", url_path="home", default=True, visibility="hidden")
+    auth.set_home(home_page)
     return home_page, pages
 
 
@@ -110,9 +170,7 @@ def sidebar(actor: Actor, pages: dict[str, st.Page]) -> None:
 
 
 def main() -> None:
-    st.set_page_config(
-        page_title="Payments console", page_icon=":material/payments:", layout="wide"
-    )
+    st.set_page_config(page_title=PRODUCT, page_icon=":material/payments:", layout="wide")
     try:
         get_settings()
     except ConfigError as exc:
@@ -120,7 +178,7 @@ def main() -> None:
         st.stop()
     home, pages = register_pages()
     current = st.navigation([home, *pages.values()], position="hidden")
-    actor = auth.authenticate()
+    actor = auth.authenticate(PRODUCT, environment_label(get_settings()))
     if actor is None:
         st.stop()
     if auth.password_change_required(actor):

@@ -109,8 +109,26 @@ def login_client() -> str | None:
     return st.context.ip_address
 
 
+REFUSAL_TITLES = {
+    NOT_LOGGED_IN: "Please log in",
+    FORBIDDEN: "Not available to your role",
+    UNAVAILABLE: "Login unavailable",
+}
+# The home page ("/", which sends each role to its landing page): the way back from a refusal.
+_home: list[st.Page] = []
+
+
+def set_home(page: st.Page) -> None:
+    """Called by the entrypoint with its home page, for the refusal's link back."""
+    _home[:] = [page]
+
+
 def _refuse(message: str) -> NoReturn:
+    """A refusal page: a title, the message (naming no data), and the way back."""
+    st.title(REFUSAL_TITLES.get(message, "Not available"))
     st.error(message, icon=":material/block:")
+    if _home and message != UNAVAILABLE:
+        st.page_link(_home[0], label="Back to the console", icon=":material/home:")
     st.stop()
 
 
@@ -409,8 +427,9 @@ def _authenticator(users: dict[str, User] | None) -> tuple[Any, _CoreLogin]:
     return authenticator, controller
 
 
-def authenticate() -> Actor | None:
-    """The logged-in actor for this run, or None with the login form drawn (the caller stops).
+def authenticate(product: str = "Payments console", environment: str = "") -> Actor | None:
+    """The logged-in actor for this run, or None with the login form drawn (the caller stops);
+    the login page names the product and the environment it logs into.
 
     Called once per run by the entrypoint, before any page: handles a click on the sidebar's
     logout button, checks the session, then lets the library re-log in from its cookie or draw
@@ -425,6 +444,9 @@ def authenticate() -> Actor | None:
         return actor
     form = st.empty()
     with form.container():
+        st.title(product)
+        if environment:
+            st.caption(environment)
         authenticator.login(location="main", fields=LOGIN_FIELDS, key=FORM_KEY)
     if controller.actor is not None:
         form.empty()  # the page is drawn in this same run

@@ -24,8 +24,9 @@ from core.auth import audit
 from core.auth.audit import AuditFilter as AuditFilter  # the pages build filters
 from core.auth.permissions import Actor, allowed, mask_email, require
 from core.console import alerts, orders, payments, webhooks
-from core.console.orders import OrderDetail, TimelineEntry
+from core.console.orders import CustomerSummary, Exact, OrderDetail
 from core.console.period import Grain, Period
+from core.console.timeline import TimelineEntry, order_timeline
 from core.console.webhooks import RetryStats
 from core.db import get_engine, session_scope
 from core.settings import get_settings
@@ -131,6 +132,10 @@ class OrderPage:
 
     orders: pd.DataFrame
     total: int
+    refused: str | None = None  # why this search is not open to the role, when it is not
+
+
+DOMAIN_REFUSED = "Searching by email domain needs a role that sees customers' emails."
 
 
 @st.cache_data(ttl=LOOKUP_TTL_S, max_entries=CACHE_ENTRIES, show_spinner=False)
@@ -146,6 +151,8 @@ def _search_orders(url: str, query: str, limit: int, offset: int, full: bool) ->
 def search_orders(actor: Actor, query: str, *, limit: int, offset: int) -> OrderPage:
     """Orders matching `query` (email, order id, cs_, pi_, cus_, ch_, card last4), newest first."""
     require(actor, "orders.view")
+    if orders.is_domain_query(query) and not _sees_full_emails(actor):
+        return OrderPage(orders.search_orders_empty(), 0, DOMAIN_REFUSED)
     # Roles that see emails masked match a whole address only (core.console.orders).
     page = _search_orders(_url(), query.strip(), limit, offset, _sees_full_emails(actor))
     if _sees_full_emails(actor):
@@ -153,6 +160,34 @@ def search_orders(actor: Actor, query: str, *, limit: int, offset: int) -> Order
     masked = page.orders.copy()
     masked["customer_email"] = masked["customer_email"].map(mask_email)
     return OrderPage(masked, page.total)
+
+
+@st.cache_data(ttl=LOOKUP_TTL_S, max_entries=CACHE_ENTRIES, show_spinner=False)
+def _exact_match(url: str, query: str) -> Exact | None:
+    with _read(url) as session:
+        return orders.exact_match(session, query)
+
+
+@shown
+def exact_match(actor: Actor, query: str) -> Exact | None:
+    """The one order or customer `query` names exactly (an id), to open it directly."""
+    require(actor, "orders.view")
+    return _exact_match(_url(), query.strip())
+
+
+@st.cache_data(ttl=LOOKUP_TTL_S, max_entries=CACHE_ENTRIES, show_spinner=False)
+def _customer(url: str, customer_id: str) -> CustomerSummary | None:
+    with _read(url) as session:
+        return orders.customer_summary(session, customer_id)
+
+
+@shown
+def customer(actor: Actor, customer_id: str) -> CustomerSummary | None:
+    require(actor, "orders.view")
+    found = _customer(_url(), customer_id)
+    if found is None or _sees_full_emails(actor):
+        return found
+    return replace(found, email=mask_email(found.email))
 
 
 @st.cache_data(ttl=LOOKUP_TTL_S, max_entries=CACHE_ENTRIES, show_spinner=False)
@@ -173,29 +208,60 @@ def order(actor: Actor, order_id: int) -> OrderDetail | None:
 @st.cache_data(ttl=LOOKUP_TTL_S, max_entries=CACHE_ENTRIES, show_spinner=False)
 def _timeline(url: str, order_id: int) -> list[TimelineEntry]:
     with _read(url) as session:
-        return orders.order_timeline(session, order_id)
+        return order_timeline(session, order_id)
 
 
 @shown
 def timeline(actor: Actor, order_id: int) -> list[TimelineEntry]:
-    """The order's one timeline, oldest first; emails inside it masked unless allowed."""
+    """The order's one timeline, oldest first; emails inside it masked unless allowed, and the
+    raw Stripe payloads kept for admins (those who replay events) only."""
     require(actor, "orders.view")
-    entries = _timeline(_url(), order_id)
-    if not allowed(actor.role, "risk.review"):
-        # Buyer IP addresses and card fingerprints are for risk review (README "Personal data").
-        entries = [
-            replace(entry, detail={k: v for k, v in entry.detail.items() if k not in _RISK_ONLY})
-            for entry in entries
-        ]
-    if _sees_full_emails(actor):
-        return entries
+    payloads = allowed(actor.role, "events.replay")
+    masked = not _sees_full_emails(actor)
+    risk_details = allowed(actor.role, "risk.review")
     return [
-        replace(entry, title=_mask_text(entry.title), detail=_mask_value(entry.detail))
-        for entry in entries
+        _entry_for(entry, payloads=payloads, masked=masked, risk_details=risk_details)
+        for entry in _timeline(_url(), order_id)
     ]
 
 
-_RISK_ONLY = frozenset({"ip_address", "card_fingerprint"})
+_RISK_ONLY = frozenset({"IP address", "Card fingerprint"})
+
+
+def _entry_for(
+    entry: TimelineEntry, *, payloads: bool, masked: bool, risk_details: bool
+) -> TimelineEntry:
+    if not risk_details:
+        # Buyer IP addresses and card fingerprints are for risk review (README "Personal data").
+        entry = replace(
+            entry,
+            facts={k: v for k, v in entry.facts.items() if k not in _RISK_ONLY},
+            technical={k: v for k, v in entry.technical.items() if k not in _RISK_ONLY},
+        )
+    events = tuple(
+        replace(event, payload=event.payload if payloads else None) for event in entry.events
+    )
+    if not masked:
+        return replace(entry, events=events)
+    events = tuple(
+        replace(
+            event,
+            last_error=_mask_value(event.last_error),
+            payload=_mask_value(event.payload),
+            deliveries=tuple(
+                replace(delivery, error=_mask_value(delivery.error))
+                for delivery in event.deliveries
+            ),
+        )
+        for event in events
+    )
+    return replace(
+        entry,
+        title=_mask_text(entry.title),
+        facts=_mask_value(entry.facts),
+        technical=_mask_value(entry.technical),
+        events=events,
+    )
 
 
 def _sees_full_emails(actor: Actor) -> bool:

@@ -273,10 +273,12 @@ def escape_markdown(text: str) -> str:
 
 
 def orders_table(orders: pd.DataFrame) -> pd.DataFrame:
-    """Search results as people read them: money per currency, no minor units."""
-    return pd.DataFrame(
+    """Search results as people read them: money per currency, no minor units, which field
+    matched the search, and "–" for every empty cell."""
+    table = pd.DataFrame(
         {
             "order": orders["id"],
+            "matched on": orders.get("matched"),
             "created (UTC)": orders["created_at"].dt.strftime("%Y-%m-%d %H:%M"),
             "email": orders["customer_email"],
             "amount": [
@@ -289,6 +291,7 @@ def orders_table(orders: pd.DataFrame) -> pd.DataFrame:
             "customer": orders["customer_id"],
         }
     )
+    return table.astype(object).where(table.notna(), "–")
 
 
 def order_labels(orders: pd.DataFrame) -> dict[int, str]:
@@ -353,3 +356,57 @@ def show_flash(key: str) -> None:
     message = st.session_state.pop(f"_flash_{key}", None)
     if message:
         slot.success(message)
+
+
+# --- Tables people read (issue 13: no clipped keys, no internal names, one empty marker) -------
+
+EMPTY = "–"
+FAILURE_COLUMNS = {
+    "event_id": st.column_config.TextColumn("Stripe event", width="medium"),
+    "id": st.column_config.TextColumn("Stripe event", width="medium"),
+    "event": st.column_config.TextColumn("Stripe event", width="medium"),
+    "event_type": st.column_config.TextColumn("Type", width="medium"),
+    "type": st.column_config.TextColumn("Type", width="medium"),
+    "received_at": st.column_config.DatetimeColumn("Received (UTC)", format="YYYY-MM-DD HH:mm"),
+    "created": st.column_config.DatetimeColumn("Created (UTC)", format="YYYY-MM-DD HH:mm"),
+    "first_received_at": st.column_config.DatetimeColumn(
+        "First received (UTC)", format="YYYY-MM-DD HH:mm"
+    ),
+    "deliveries": st.column_config.NumberColumn("Deliveries"),
+    "error": st.column_config.TextColumn("What went wrong", width="large"),
+    "last_error": st.column_config.TextColumn("What went wrong", width="large"),
+}
+CODE_COLUMNS = {
+    "code": st.column_config.TextColumn("Code", width="medium"),
+    "active": st.column_config.CheckboxColumn("Active"),
+    "terms": st.column_config.TextColumn("Terms", width="medium"),
+    "redeemed": st.column_config.NumberColumn("Redeemed"),
+    "limit": st.column_config.NumberColumn("Limit"),
+    "expires (UTC)": st.column_config.TextColumn("Expires (UTC)"),
+    "restrictions": st.column_config.TextColumn("Restrictions", width="large"),
+    "id": st.column_config.TextColumn("Stripe id", width="medium"),
+}
+
+
+def plain_error(text: object) -> str:
+    """A stored error as people read it: "RuntimeError: warehouse timed out" says "warehouse
+    timed out" (the exception's class name is for the logs)."""
+    if text is None or (isinstance(text, float) and math.isnan(text)) or text == "":
+        return EMPTY
+    head, sep, rest = str(text).partition(": ")
+    return rest if sep and head.isidentifier() and head[:1].isupper() else str(text)
+
+
+def failures_table(frame: pd.DataFrame, *, key: str) -> None:
+    """Failed deliveries or events: human column names, wide enough for the ids and the error,
+    errors without exception class names, "–" for empty cells."""
+    shown = frame.copy()
+    for column in ("error", "last_error"):
+        if column in shown:
+            shown[column] = shown[column].map(plain_error)
+    st.dataframe(shown, hide_index=True, key=key, column_config=FAILURE_COLUMNS)
+
+
+def codes_table(frame: pd.DataFrame, *, key: str) -> None:
+    """Promotion codes with the code and its Stripe id never clipped."""
+    st.dataframe(frame, hide_index=True, key=key, column_config=CODE_COLUMNS)

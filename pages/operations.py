@@ -61,15 +61,16 @@ if failed.empty:
     st.caption("No stored event is failing.")
 else:
     st.caption("Events whose handler failed, oldest first:")
-    st.dataframe(failed, hide_index=True, key="ops_failed")
+    widgets.failures_table(failed, key="ops_failed")
 event_id = st.text_input("Event id (evt_...)", key="ops_event").strip()
 dry_col, apply_col = st.columns(2)
 if dry_col.button("Dry run", key="ops_dry", disabled=not event_id):
     result = views.run_replay(actor, event_id, dry_run=True)
-    st.session_state["ops_dry_ran"] = event_id
-    if isinstance(result, str):
+    if isinstance(result, str):  # no such event: nothing to replay for real either
+        st.session_state.pop("ops_dry_ran", None)
         st.error(result)
     else:
+        st.session_state["ops_dry_ran"] = event_id
         st.info(result.summary())
         if result.changes:
             st.dataframe(views.changes_table(result), hide_index=True, key="ops_changes")

@@ -1,20 +1,12 @@
-"""Orders: find an order, then read its one timeline."""
+"""Orders: an exact id opens its order (or customer); other searches list what matched and how.
+Then the order's summary header and its one readable timeline."""
 
 from __future__ import annotations
 
 import streamlit as st
 
-from dashboard import data, widgets
+from dashboard import data, order_view, widgets
 from dashboard.auth import require
-
-KIND_BADGES = {
-    "state": ":blue-badge[state]",
-    "attempt": ":orange-badge[payment]",
-    "event": ":violet-badge[event]",
-    "delivery": ":gray-badge[delivery]",
-    "fulfillment": ":green-badge[fulfillment]",
-    "action": ":red-badge[operator]",
-}
 
 actor = require("orders.view")
 st.set_page_config(layout="wide")  # tables and per-currency figures need the width
@@ -23,37 +15,60 @@ st.title("Orders")
 query = st.text_input(
     "Search orders",
     key="orders_query",
-    placeholder="Email, order id, cs_…, pi_…, cus_… or card last4",
-    help="Exact ids and last4 match exactly; an email matches from its start.",
+    placeholder="#order id, email or @domain, cs_…, pi_…, cus_… or card last4",
+    help="An exact id (#1461, cs_…, pi_…, ch_…, cus_…) opens it directly; an email matches from "
+    "its start; @example.com finds a whole email domain; 4 digits are also a card's last4.",
 ).strip()
 widgets.reset_pager_on_change("orders", query)
 # ?order=<id> opens one order directly: a link to paste into a ticket (no email in the URL).
 linked = st.query_params.get("order", "")
 chosen: int | None = int(linked) if linked.isdigit() else None
 
-if query:
+
+def results_table(label: str) -> int | None:
+    """The matching orders with the field each matched on, a pager, and a chooser."""
     offset = widgets.page_offset("orders", widgets.PAGE_SIZE)
     results = data.search_orders(actor, query, limit=widgets.PAGE_SIZE, offset=offset)
+    if results.refused:
+        st.warning(results.refused)
+        st.stop()
     if results.total == 0:
-        st.warning(f"No order matches “{query}”.")
+        st.warning("No order matches this search.")
         st.stop()
     shown = len(results.orders)
     st.caption(f"{results.total:,} order(s) match; showing {offset + 1}–{offset + shown}.")
     st.dataframe(widgets.orders_table(results.orders), hide_index=True, key="orders_results")
     widgets.pager(results.total, widgets.PAGE_SIZE, "orders")
     labels = widgets.order_labels(results.orders)
-    chosen = st.selectbox(
-        "Open order",
+    picked: int | None = st.selectbox(
+        label,
         list(labels),
         index=0 if results.total == 1 else None,
         format_func=labels.__getitem__,
         placeholder="Choose an order to see its timeline",
         key=f"orders_open_{query}_{offset}",
     )
+    return picked
+
+
+if query:
+    exact = data.exact_match(actor, query)
+    if exact is not None and exact.order_id is not None:
+        chosen = exact.order_id  # the id of an order (or its session, intent, charge): open it
+        others = data.search_orders(actor, query, limit=1, offset=0).total - 1
+        if others > 0:
+            with st.expander(f"{others:,} more order(s) have a card ending in these digits"):
+                chosen = results_table("Open another order") or chosen
+    else:
+        if exact is not None and exact.customer_id is not None:
+            summary = data.customer(actor, exact.customer_id)
+            if summary is not None:
+                order_view.customer_header(summary)
+        chosen = results_table("Open order")
 elif chosen is None:
     st.info(
-        "Search by email, order id, Checkout Session id, PaymentIntent id, customer id "
-        "or card last4."
+        "Search by order id (#1461), email or @domain, Checkout Session id, PaymentIntent id, "
+        "customer id or card last4."
     )
     st.stop()
 
@@ -67,27 +82,6 @@ if order is None:
     st.warning(f"There is no order {chosen}.")
     st.stop()
 
-st.header(f"Order {order.id}")
-status, amount, refunded = st.columns(3)
-status.metric("Status", order.status)
-amount.metric("Amount", widgets.money(order.amount_total, order.currency))
-refunded.metric("Refunded", widgets.money(order.amount_refunded, order.currency))
-st.markdown(
-    f"Customer email **{widgets.escape_markdown(order.customer_email or '–')}** · "
-    f"Customer `{order.customer_id or '–'}` · "
-    f"Checkout Session `{order.checkout_session_id or '–'}` · "
-    f"PaymentIntent `{order.payment_intent_id or '–'}`"
-)
-
+order_view.header(order)
 st.subheader("Timeline")
-entries = data.timeline(actor, chosen)
-if not entries:
-    st.info("Nothing recorded for this order yet.")
-for entry in entries:
-    badge = KIND_BADGES.get(entry.kind, f":gray-badge[{entry.kind}]")
-    st.markdown(
-        f"`{entry.at:%Y-%m-%d %H:%M:%S}` {badge} **{widgets.escape_markdown(entry.title)}**"
-    )
-    detail = widgets.describe(entry.detail)
-    if detail:
-        st.caption(widgets.escape_markdown(detail))
+order_view.timeline(data.timeline(actor, chosen))

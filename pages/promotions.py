@@ -22,7 +22,7 @@ with left:
     st.subheader("Codes")
     active = sum(1 for c in codes if c.active)
     st.caption(f"{len(codes)} codes, {active} active.")
-    st.dataframe(views.codes_table(codes), hide_index=True, key="promo_codes")
+    widgets.codes_table(views.codes_table(codes), key="promo_codes")
 with right:
     st.subheader("Watch list")
     if watch:

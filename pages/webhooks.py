@@ -67,7 +67,7 @@ with right:
         st.success("No delivery failed in processing.")
     else:
         st.caption(f"{failures.total:,} failed deliveries, newest first.")
-        st.dataframe(failures.rows, hide_index=True, key="wh_failures")
+        widgets.failures_table(failures.rows, key="wh_failures")
         widgets.pager(failures.total, FAILURES_PAGE, "wh_failures")
 
 st.subheader("Lag")
@@ -88,7 +88,7 @@ else:
         f"last_error); the {len(failing.rows)} oldest. Admins replay them from "
         "Reconcile & replay."
     )
-    st.dataframe(failing.rows, hide_index=True, key="wh_failing")
+    widgets.failures_table(failing.rows, key="wh_failing")
 
 retention_status = live.retention_status(actor)
 if retention_status is not None:

@@ -76,3 +76,31 @@ def decline_label(code: str | None) -> str | None:
     if words is None or words == code:
         return words
     return f"{words} ({code})"
+
+
+# Dispute reasons (dispute.reason), in Stripe's words.
+DISPUTE_REASONS: dict[str, str] = {
+    "bank_cannot_process": "The bank cannot process the payment",
+    "check_returned": "The check was returned",
+    "credit_not_processed": "The customer says a refund or credit was not processed",
+    "customer_initiated": "The customer asked their bank to reverse the payment",
+    "debit_not_authorized": "The customer says they did not authorise the debit",
+    "duplicate": "The customer says they were charged twice",
+    "fraudulent": "The cardholder says they did not make the payment (fraud)",
+    "general": "Uncategorised dispute",
+    "incorrect_account_details": "The account details were incorrect",
+    "insufficient_funds": "The customer's account had insufficient funds",
+    "noncompliant": "The payment did not comply with the card network's rules",
+    "product_not_received": "The customer says the product was not received",
+    "product_unacceptable": "The customer says the product was defective or not as described",
+    "subscription_canceled": "The customer says they had cancelled the subscription",
+    "unrecognized": "The customer does not recognise the payment",
+}
+
+
+def dispute_reason_label(code: str | None) -> str | None:
+    """A dispute reason in words with the code beside it, e.g. "... (product_not_received)"."""
+    if not code:
+        return None
+    words = DISPUTE_REASONS.get(code)
+    return f"{words} ({code})" if words else code

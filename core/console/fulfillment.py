@@ -58,12 +58,14 @@ def input_problem(order_id: int, reason: str, confirmation: str) -> str | None:
 def table_problem(order: Order, already_fulfilled: bool) -> str | None:
     """Why our own tables forbid a manual fulfillment of `order`, or None."""
     status = derive_status(order)
-    if already_fulfilled or order.fulfilled_at is not None or status == "fulfilled":
-        return "already fulfilled"
+    # What is true now comes first: a refunded order may have been fulfilled before its refund,
+    # and "already fulfilled" would hide that the money went back.
     if status in ("refunded", "partially_refunded"):
         return "refunded: an order with a refund is not fulfilled by hand"
     if status == "disputed":
         return "disputed: an order under dispute is not fulfilled by hand"
+    if already_fulfilled or order.fulfilled_at is not None or status == "fulfilled":
+        return "already fulfilled"
     if order.paid_at is None or status != "paid":
         return f"not paid in our records (status {status})"
     return None

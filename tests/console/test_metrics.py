@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session
 
 from core.auth import audit
 from core.auth.permissions import Actor
-from core.console import orders, payments, period, webhooks
+from core.console import orders, payments, period, timeline, webhooks
 from core.console.period import Period
 from core.db import session_scope
 from core.models import (
@@ -559,7 +559,7 @@ def test_search_orders(data: Engine, query: str, expected: list[int]) -> None:
     with read(data) as session:
         frame = orders.search_orders(session, query)
         count = orders.count_orders(session, query)
-    assert list(frame.columns) == list(orders.ORDER_COLUMNS)
+    assert list(frame.columns) == list(orders.SEARCH_COLUMNS)
     assert list(frame["id"]) == expected
     assert count == len(expected)
 
@@ -584,46 +584,48 @@ def test_get_order(data: Engine) -> None:
 
 
 def test_order_timeline(data: Engine) -> None:
+    """The timeline's shape on hand-built rows: one entry per attempt, with its event and every
+    delivery of it folded under it (finding 8: no separate event and delivery entries)."""
     with read(data) as session:
-        entries = orders.order_timeline(session, 2)
-    got = [(e.at, e.kind, e.detail.get("event_id") or e.detail.get("attempt_id")) for e in entries]
-    assert got == [
-        (t(2, 10, 15), "attempt", "ch_a2"),
-        (t(2, 10, 15), "event", "evt_2"),  # evt_2 is about charge ch_a2
-        (t(2, 10, 15, 10), "delivery", "evt_2"),
-        (t(2, 10, 16), "delivery", "evt_2"),
-        (t(2, 10, 20), "delivery", "evt_2"),
-        (t(2, 10, 45), "attempt", "ch_a3"),
-        (t(2, 10, 50), "attempt", "ch_a4"),
-        (t(2, 10, 50), "event", "evt_3"),
-        (t(2, 10, 50), "state", "evt_3"),
-        (t(2, 10, 50, 4), "delivery", "evt_3"),
-        (t(3, 1), "delivery", "evt_3"),
-        (t(7), "fulfillment", None),
-        (t(7, 0, 1), "action", None),
-        (t(10, 2), "event", "evt_7"),  # about its Checkout Session; no delivery row stored
+        entries = timeline.order_timeline(session, 2)
+    kinds = [(e.at, e.kind) for e in entries]
+    assert kinds == [
+        (t(2, 10, 10), "created"),
+        (t(2, 10, 15), "payment"),
+        (t(2, 10, 45), "payment"),
+        (t(2, 10, 50), "payment"),
+        (t(2, 10, 50), "status"),
+        (t(7), "request"),
+        (t(7, 0, 1), "action"),
+        (t(10, 2), "event"),  # about its Checkout Session, explained by no entry
     ]
-    failed = next(e for e in entries if e.detail.get("attempt_id") == "ch_a2")
-    assert failed.title == "Payment failed: insufficient_funds"
-    assert failed.detail["card_last4"] == "0341"
-    delivery = next(e for e in entries if e.kind == "delivery")
-    assert delivery.detail["outcome"] == "failed" and delivery.detail["error"] == "boom1"
-    action = entries[-2]
-    assert action.detail["action"] == "fulfillment.request" and action.detail["actor"] == "alex"
+    failed = entries[1]
+    assert failed.title == (
+        "Payment of USD 5.00 declined: The card has insufficient funds (insufficient_funds)"
+    )
+    assert failed.facts["Card"].endswith("···· 0341")
+    (event,) = failed.events
+    assert event.event_id == "evt_2"
+    assert [(d.outcome, d.error) for d in event.deliveries] == [
+        ("failed", "boom1"),
+        ("failed", "boom2"),
+        ("processed", None),
+    ]
+    assert entries[6].title == "alex (admin) asked for a manual fulfillment"
     assert [e.at for e in entries] == sorted(e.at for e in entries)
 
 
 def test_order_timeline_finds_events_named_by_transitions(data: Engine) -> None:
     with read(data) as session:
-        entries = orders.order_timeline(session, 4)
-        none = orders.order_timeline(session, 999)
-    events = [(e.kind, e.detail.get("event_id")) for e in entries if e.kind != "attempt"]
-    assert ("event", "evt_5") in events  # a dispute event is about dp_1, not the order's ids
-    assert ("delivery", "evt_5") in events
-    assert [e.title for e in entries if e.kind == "state"] == ["pending → paid", "paid → disputed"]
-    assert [e.title for e in entries if e.kind == "attempt"] == [
-        "Payment failed: processing_error",
-        "Payment failed: unknown",
+        entries = timeline.order_timeline(session, 4)
+        none = timeline.order_timeline(session, 999)
+    dispute = next(e for e in entries if e.kind == "dispute")
+    assert [ev.event_id for ev in dispute.events] == ["evt_5"]  # about dp_1, named by its row
+    assert [e.title for e in entries if e.kind == "status"] == ["Paid EUR 20.00"]
+    assert [e.title for e in entries if e.kind == "payment"] == [
+        "Payment of EUR 20.00 declined: An error occurred while processing the card "
+        "(processing_error)",
+        "Payment of EUR 20.00 declined: no reason given",
     ]
     assert none == []
 

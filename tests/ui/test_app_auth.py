@@ -28,8 +28,16 @@ from core.auth.sessions import BAD_CREDENTIALS, CLIENT_FREE_FAILURES, client_del
 from core.db import make_engine, session_scope
 from core.models import AuditEntry
 from core.settings import get_settings
-from dashboard.app import PAGES
-from dashboard.auth import LOGOUT_KEY, TOKEN_KEY, UNAVAILABLE, cookie_actor, cookie_value
+from dashboard import auth
+from dashboard.app import PAGES, PRODUCT
+from dashboard.auth import (
+    LOGOUT_KEY,
+    REFUSAL_TITLES,
+    TOKEN_KEY,
+    UNAVAILABLE,
+    cookie_actor,
+    cookie_value,
+)
 from tests.support.apptest import (
     PASSWORDS,
     app_as,
@@ -96,7 +104,8 @@ def test_logged_out_visitors_see_only_the_login_form(sqlite_url: str) -> None:
     at = app_as(None, sqlite_url)
     assert shows_login_form(at)
     assert nav_titles(at) == []
-    assert not at.title and not at.dataframe and not at.metric
+    assert [t.value for t in at.title] == [PRODUCT]  # the login page names only the product
+    assert not at.dataframe and not at.metric
 
 
 @pytest.mark.parametrize("page", [f"pages/{spec.file}" for spec in PAGES])
@@ -108,7 +117,8 @@ def test_a_page_url_without_login_shows_the_login_form_and_no_data(
     at.switch_page(page_path(page)).run()
     assert not at.exception
     assert shows_login_form(at)
-    assert not at.title and not at.dataframe and not at.metric
+    assert [t.value for t in at.title] == [PRODUCT]  # the login page names only the product
+    assert not at.dataframe and not at.metric
 
 
 @pytest.mark.parametrize("role", ["support", "finance", "admin"])
@@ -150,7 +160,8 @@ def test_a_forbidden_page_reached_directly_shows_only_a_refusal(
     assert not at.exception
     assert refused(at)
     main = at.main
-    assert not main.title and not main.dataframe and not main.metric and not main.table
+    assert [t.value for t in main.title] == [REFUSAL_TITLES[auth.FORBIDDEN]]  # no page's own title
+    assert not main.dataframe and not main.metric and not main.table
     assert not main.get("plotly_chart") and not main.selectbox and not main.text_input
     assert nav_titles(at) == EXPECTED_PAGES[role]  # still not listed
 

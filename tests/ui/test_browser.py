@@ -18,17 +18,19 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from playwright.sync_api import Browser, Page, expect, sync_playwright
+from playwright.sync_api import Browser, Locator, Page, expect, sync_playwright
+from sqlalchemy import select
 
 from core.__main__ import main as cli
 from core.auth import permissions, sessions
 from core.db import make_engine, session_scope
+from core.models import Order
 from core.settings import get_settings
 from dashboard.auth import COOKIE_NAME
 from tests.conftest import SECRET
 from tests.support.apptest import PASSWORDS, write_users
 from tests.support.dashboard_server import streamlit_dashboard
-from tests.ui.test_pages import JENNY, Facts, build_shop
+from tests.ui.test_pages import JENNY, TARO, Facts, build_shop
 
 pytestmark = pytest.mark.browser
 
@@ -54,6 +56,8 @@ ROLE_PAGES = {
 }
 # A user of the login-cookie test whose password it resets (the demo users stay as they are).
 RESET_USER, RESET_PASSWORD = "sam", "sam's long password 1"
+# Jenny's declined attempt as the order timeline tells it.
+DECLINED = "Payment of USD 25.00 declined: The card has insufficient funds (insufficient_funds)"
 
 
 @dataclass(frozen=True)
@@ -162,10 +166,10 @@ def test_a_day_at_the_console(dashboard: Dashboard, browser: Browser, role: str)
         search = page.get_by_role("textbox", name="Search orders")
         search.fill(JENNY)
         search.press("Enter")
-        expect(page.get_by_text("Payment failed: insufficient_funds")).to_be_visible()
-        expect(page.get_by_text("paid → fulfilled")).to_be_visible()
+        expect(page.get_by_text(DECLINED)).to_be_visible()
+        expect(page.get_by_text("Fulfilled automatically once the payment arrived")).to_be_visible()
         shown = JENNY if role != "finance" else "j***@example.com"
-        expect(page.get_by_text(f"Customer email {shown}")).to_be_visible()
+        expect(page.get_by_text(f"Customer email: {shown}").first).to_be_visible()
         if role == "finance":
             expect(page.get_by_text(JENNY)).to_have_count(0)
         shot(page, f"{role}-2-order-timeline")
@@ -174,7 +178,7 @@ def test_a_day_at_the_console(dashboard: Dashboard, browser: Browser, role: str)
         link = page.url
         page.context.clear_cookies()
         log_in(page, link, role)
-        expect(page.get_by_text("Payment failed: insufficient_funds")).to_be_visible()
+        expect(page.get_by_text(DECLINED)).to_be_visible()
 
         if "Payments" in ROLE_PAGES[role]:
             # A chart, drawn by plotly in the browser.
@@ -216,11 +220,12 @@ def test_a_day_at_the_console(dashboard: Dashboard, browser: Browser, role: str)
 def shows_only_the_login_form(page: Page, facts: Facts) -> None:
     expect(page.get_by_role("button", name="Log in")).to_be_visible()
     expect(page.get_by_test_id("stSidebar").get_by_text("Signed in as")).to_have_count(0)
-    expect(page.get_by_role("heading", level=1)).to_have_count(0)
+    # The one heading names the product (the login page); nothing of any page is drawn.
+    expect(page.get_by_role("heading", level=1)).to_have_text(["Payments console"])
     expect(page.get_by_test_id("stMetric")).to_have_count(0)
     expect(page.get_by_test_id("stDataFrame")).to_have_count(0)
     expect(page.get_by_text(facts.jenny["session"]["id"])).to_have_count(0)
-    expect(page.get_by_text("Payment failed: insufficient_funds")).to_have_count(0)
+    expect(page.get_by_text(DECLINED)).to_have_count(0)
 
 
 @pytest.mark.parametrize(
@@ -244,12 +249,12 @@ def test_the_login_cookie_survives_a_reload_and_dies_with_its_session(
     stolen = thief.new_page()
     try:
         log_in(page, order_url, username, RESET_PASSWORD if username == RESET_USER else None)
-        expect(page.get_by_text("Payment failed: insufficient_funds")).to_be_visible()
+        expect(page.get_by_text(DECLINED)).to_be_visible()
 
         # A reload is a new Streamlit session: the cookie logs it in, no form.
         page.reload()
         expect(page.get_by_test_id("stSidebar")).to_contain_text(f"Signed in as {username}")
-        expect(page.get_by_text("Payment failed: insufficient_funds")).to_be_visible()
+        expect(page.get_by_text(DECLINED)).to_be_visible()
         expect(page.get_by_role("button", name="Log in")).to_have_count(0)
         copied = context.cookies()
         assert any(c["name"] == COOKIE_NAME for c in copied)
@@ -299,4 +304,95 @@ def test_the_login_cookie_survives_a_reload_and_dies_with_its_session(
         raise
     finally:
         thief.close()
+        context.close()
+
+
+def _order_id(dashboard: Dashboard, checkout_session: str) -> int:
+    engine = make_engine(dashboard.database_url)
+    try:
+        with session_scope(engine, write=False) as session:
+            return int(
+                session.execute(
+                    select(Order.id).where(Order.checkout_session_id == checkout_session)
+                ).scalar_one()
+            )
+    finally:
+        engine.dispose()
+
+
+def header_fact(page: Page, label: str) -> Locator:
+    return page.get_by_test_id("stMetric").filter(
+        has=page.get_by_test_id("stMetricLabel").get_by_text(label, exact=True)
+    )
+
+
+def test_support_finds_an_order_by_its_number_and_reads_the_facts(
+    dashboard: Dashboard, browser: Browser
+) -> None:
+    """Issue 13 (findings 7 and 8): support's everyday task end to end. A customer quotes
+    "#<order>", as the console prints it; support finds it, and reads from the header that it
+    was paid, fulfilled and then refunded in full, when, and for how much, in UTC."""
+    taro = _order_id(dashboard, dashboard.facts.taro["cs"])
+    context = browser.new_context(viewport={"width": 1400, "height": 1000})
+    context.set_default_timeout(STEP_TIMEOUT_MS)
+    page = context.new_page()
+    try:
+        log_in(page, dashboard.url, "support")
+        search = page.get_by_role("textbox", name="Search orders")
+        search.fill(f"#{taro}")
+        search.press("Enter")
+        expect(page.get_by_role("heading", name=f"Order #{taro}", level=2)).to_be_visible()
+        expect(page).to_have_url(re.compile(rf"/orders\?order={taro}$"))
+        expect(header_fact(page, "Status")).to_contain_text("Refunded")
+        expect(header_fact(page, "Amount")).to_contain_text("JPY 5,000")
+        expect(header_fact(page, "Refunded")).to_contain_text("JPY 5,000")
+        day = f"{dashboard.facts.day:%Y-%m-%d}"
+        expect(
+            page.get_by_text(
+                f"Paid at: {day} 10:00 UTC · Fulfilled at: {day} 10:00 UTC · "
+                f"Refunded at: {day} 11:00 UTC"
+            )
+        ).to_be_visible()
+        expect(page.get_by_text(f"Customer email: {TARO}").first).to_be_visible()
+        # The timeline tells the same story in sentences, oldest first.
+        expect(page.get_by_text("Payment of JPY 5,000 succeeded")).to_be_visible()
+        expect(page.get_by_text("Refunded JPY 5,000 (in full)")).to_be_visible()
+        shot(page, "support-order-by-number")
+    except Exception:
+        shot(page, "support-order-by-number-failure")
+        print(f"streamlit log: {dashboard.log}")
+        raise
+    finally:
+        context.close()
+
+
+def test_an_unknown_page_says_not_found_and_leads_back(
+    dashboard: Dashboard, browser: Browser
+) -> None:
+    """Finding 9: an unknown page silently landed on Overview."""
+    context = browser.new_context(viewport={"width": 1400, "height": 1000})
+    context.set_default_timeout(STEP_TIMEOUT_MS)
+    page = context.new_page()
+    try:
+        log_in(page, dashboard.url, "admin")
+        page.goto(f"{dashboard.url}/no-such-page")
+        expect(page.get_by_role("heading", name="Page not found", level=1)).to_be_visible()
+        expect(page.get_by_text("There is no page called “no-such-page”")).to_be_visible()
+        expect(page.get_by_role("heading", name="Overview", level=1)).to_have_count(0)
+        shot(page, "unknown-page")
+        # Streamlit's own notice says the same in a dialog, which closes with Escape; the page
+        # under it stays (it used to switch to the landing page, leaving no trace).
+        page.keyboard.press("Escape")
+        expect(page.get_by_role("dialog")).to_have_count(0)
+        expect(page.get_by_role("heading", name="Page not found", level=1)).to_be_visible()
+        back = page.get_by_role("button", name="Back to the console")
+        expect(back).to_be_visible()
+        page.wait_for_timeout(1000)  # the dialog's closing animation moves the page under it
+        back.click()
+        expect(page.get_by_role("heading", name="Overview", level=1)).to_be_visible()
+    except Exception:
+        shot(page, "unknown-page-failure")
+        print(f"streamlit log: {dashboard.log}")
+        raise
+    finally:
         context.close()
