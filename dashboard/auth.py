@@ -67,6 +67,7 @@ from core.auth.permissions import Actor
 from core.auth.users import User, UsersError, as_credentials, load_users
 from core.db import get_engine, session_scope
 from core.settings import get_settings
+from dashboard.safe import body
 
 TOKEN_KEY = "_auth_session_token"  # noqa: S105 (a session-state key, not a secret)
 COOKIE_PENDING_KEY = "_auth_cookie_pending"
@@ -90,7 +91,7 @@ NO_USERS = "No users are configured yet: an operator adds them with `python -m c
 
 
 def _refuse(message: str) -> NoReturn:
-    st.error(message, icon=":material/block:")
+    st.error(message, icon=":material/block:")  # markup: console text (the constants above)
     st.stop()
 
 
@@ -342,9 +343,9 @@ def authenticate() -> Actor | None:
         form.empty()  # the page is drawn in this same run
         return controller.actor
     if controller.error:
-        st.error(controller.error)
+        st.error(body(controller.error))
     if controller.warning:
-        st.warning(controller.warning)
+        st.warning(controller.warning)  # markup: console text (NO_USERS)
     return None
 
 

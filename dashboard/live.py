@@ -33,6 +33,7 @@ from core.runtime import webhook_context
 from core.settings import Settings, get_settings
 from dashboard import data
 from dashboard.guard import shown
+from dashboard.safe import md, mono, safe_frame
 
 STANDIN_NOTICE = (
     "Stripe stand-in: this console is talking to a local imitation of Stripe "
@@ -287,11 +288,11 @@ def render_endpoint_health(actor: Actor) -> None:
     try:
         health = reconcile.endpoint_health(client(), actor)
     except StripeProblem as problem:
-        st.warning(f"Stripe's view of the endpoints is unavailable: {problem.message}")
+        st.warning(md("Stripe's view of the endpoints is unavailable: {}", problem.message))
         return
     if health.standin:
         st.caption(STANDIN_NOTICE)
-    st.caption(f"Our API version: `{health.our_version}`")
+    st.caption(md("Our API version: {}", mono(health.our_version)))
     if not health.endpoints:
         st.error("Stripe has no webhook endpoint for this account: no event reaches us.")
     for endpoint in health.endpoints:
@@ -304,15 +305,24 @@ def render_endpoint_health(actor: Actor) -> None:
             )
         if endpoint.missing_events:
             problems.append("does not send: " + ", ".join(endpoint.missing_events))
-        text = f"`{endpoint.url}` ({endpoint.id})"
+        where = mono(endpoint.url)
         if problems:
-            st.warning(f"{text}: " + "; ".join(problems), icon=":material/warning:")
+            st.warning(
+                md("{} ({}): {}", where, endpoint.id, "; ".join(problems)),
+                icon=":material/warning:",
+            )
         else:
-            st.success(f"{text}: enabled, our API version, sends every event we handle.")
+            st.success(
+                md(
+                    "{} ({}): enabled, our API version, sends every event we handle.",
+                    where,
+                    endpoint.id,
+                )
+            )
     if health.pending:
         st.warning(f"{len(health.pending)} event(s) still waiting for delivery to an endpoint.")
         st.dataframe(
-            pd.DataFrame(
+            safe_frame(
                 [
                     {"event": p.id, "type": p.type, "created (UTC)": _when(p.created),
                      "pending endpoints": p.pending_webhooks}
@@ -423,14 +433,14 @@ def _attempts_frame(rows: list[PaymentAttempt], actor: Actor) -> pd.DataFrame:
 
 @shown
 def flags(actor: Actor, status: str | None = "open") -> list[FlagView]:
-    require(actor, "reviews.review")
+    require(actor, "risk.review")
     with session_scope(get_engine(), write=False) as session:
         return [_view(f, actor) for f in reviews.list_flags(session, status)]
 
 
 @shown
 def detail(actor: Actor, flag_id: int) -> FlagDetail | None:
-    require(actor, "reviews.review")
+    require(actor, "risk.review")
     with session_scope(get_engine(), write=False) as session:
         flag = session.get(RiskFlag, flag_id)
         if flag is None:

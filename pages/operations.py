@@ -6,6 +6,7 @@ from __future__ import annotations
 import streamlit as st
 
 from dashboard import live as views
+from dashboard import widgets
 from dashboard.auth import require
 
 actor = require("events.replay")
@@ -23,7 +24,7 @@ if st.button("Run reconciliation", key="ops_reconcile"):
     report = views.run_reconcile(actor, days)
     st.session_state["ops_report"] = report.lines()
 if "ops_report" in st.session_state:
-    st.code("\n".join(st.session_state["ops_report"]), language=None)
+    widgets.text("\n".join(st.session_state["ops_report"]))
 
 st.subheader("Replay a stored event")
 failed = views.failed_events(actor)
@@ -31,27 +32,27 @@ if failed.empty:
     st.caption("No stored event is failing.")
 else:
     st.caption("Events whose handler failed, oldest first:")
-    st.dataframe(failed, hide_index=True, key="ops_failed")
+    widgets.rows(failed, key="ops_failed")
 event_id = st.text_input("Event id (evt_...)", key="ops_event").strip()
 dry_col, apply_col = st.columns(2)
 if dry_col.button("Dry run", key="ops_dry", disabled=not event_id):
     result = views.run_replay(actor, event_id, dry_run=True)
     st.session_state["ops_dry_ran"] = event_id
     if isinstance(result, str):
-        st.error(result)
+        widgets.error(result)
     else:
-        st.info(result.summary())
+        widgets.info(result.summary())
         if result.changes:
-            st.dataframe(views.changes_table(result), hide_index=True, key="ops_changes")
+            widgets.rows(views.changes_table(result), key="ops_changes")
 ready = st.session_state.get("ops_dry_ran") == event_id and bool(event_id)
 if apply_col.button("Replay for real", key="ops_apply", disabled=not ready):
     result = views.run_replay(actor, event_id, dry_run=False)
     st.session_state.pop("ops_dry_ran", None)
     if isinstance(result, str):
-        st.error(result)
+        widgets.error(result)
     elif result.error:
-        st.error(result.summary())
+        widgets.error(result.summary())
     else:
-        st.success(result.summary())
+        widgets.success(result.summary())
 if not ready and event_id:
     st.caption("Run the dry run first: the real replay is enabled after it.")

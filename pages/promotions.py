@@ -23,27 +23,29 @@ left, right = st.columns([3, 2])
 with left:
     st.subheader("Codes")
     active = sum(1 for c in codes if c.active)
-    st.caption(f"{len(codes)} codes, {active} active.")
-    st.dataframe(views.codes_table(codes), hide_index=True, key="promo_codes")
+    st.caption(f"{len(codes):,} codes, {active:,} active.")
+    widgets.rows(views.codes_table(codes), key="promo_codes")
 with right:
     st.subheader("Watch list")
     if watch:
         for warning in watch:
-            st.warning(f"**{warning.code}**: {warning.problem}")
+            widgets.warning(widgets.md("**{}**: {}", warning.code, warning.problem))
     else:
         st.success("No active code is near its limit or expiry.")
     st.subheader("Redemptions, last 30 days")
     if per_day.empty:
         st.info("No paid order used a code in the last 30 days.")
     else:
-        st.bar_chart(per_day, x="day", y="redemptions", color="code", height=260)
+        st.bar_chart(
+            widgets.safe_frame(per_day), x="day", y="redemptions", color="code", height=260
+        )
 
 st.subheader("Codes in our orders and attempts (last 30 days)")
 st.caption("Failed attempts and disputes by code: a code shared on a fraud forum shows here.")
 if per_code.empty:
     st.info("No order or attempt used a code in the last 30 days.")
 else:
-    st.dataframe(per_code, hide_index=True, key="promo_usage")
+    widgets.rows(per_code, key="promo_usage")
 
 if may(actor, "promotions.manage"):
     st.divider()
@@ -84,7 +86,7 @@ if may(actor, "promotions.manage"):
         }
         result, problems = views.create_code(actor, form)
         for problem in problems:
-            st.error(problem)
+            widgets.error(problem)
         if result is not None:  # rerun so the list above shows the new code
             widgets.flash("promotions", f"Created promotion code {code} ({result.result_id}).")
             st.rerun()
@@ -94,9 +96,9 @@ if may(actor, "promotions.manage"):
         labels = {f"{c.code} ({'active' if c.active else 'inactive'})": c for c in codes}
         picked = labels[st.selectbox("Code", list(labels), key="pc_pick")]
         verb = "Deactivate" if picked.active else "Reactivate"
-        if st.button(f"{verb} {picked.code}", key="pc_toggle"):
+        if st.button(widgets.md("{} {}", verb, picked.code), key="pc_toggle"):
             ok, message = views.set_code_active(actor, picked.id, not picked.active)
             if ok:
                 widgets.flash("promotions", message)
                 st.rerun()
-            st.error(message)
+            widgets.error(message)

@@ -6,6 +6,7 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from dashboard import live as views
+from dashboard import widgets
 from dashboard.auth import require
 
 actor = require("risk.review")
@@ -23,10 +24,10 @@ show = st.segmented_control(
 status = (show or "Open").lower()
 flags = views.flags(actor, status)
 if not flags:
-    st.success("No open flag." if status == "open" else f"No {status} flag.")
+    widgets.success("No open flag." if status == "open" else f"No {status} flag.")
     st.stop()
 
-st.dataframe(
+widgets.rows(
     [
         {
             "flag": f"#{f.id}",
@@ -40,7 +41,6 @@ st.dataframe(
         }
         for f in flags
     ],
-    hide_index=True,
     key="risk_flags",
 )
 
@@ -53,8 +53,8 @@ if detail is None:
 
 flag = detail.flag
 failures, cards, span = st.columns(3)
-failures.metric("Failed attempts", flag.failures)
-cards.metric("Distinct cards", flag.distinct_cards)
+failures.metric("Failed attempts", f"{flag.failures:,}")
+cards.metric("Distinct cards", f"{flag.distinct_cards:,}")
 minutes = (flag.window_end - flag.window_start).total_seconds() / 60
 span.metric("Within", f"{minutes:.0f} min")
 
@@ -70,7 +70,7 @@ for outcome, color in (("failed", "#c62828"), ("succeeded", "#2e7d32")):
             mode="markers",
             name=outcome,
             marker={"color": color, "size": 9},
-            text=part["decline"],
+            text=widgets.chart_texts(part["decline"]),
             hovertemplate="%{x}<br>%{y}<br>%{text}<extra></extra>",
         )
     )
@@ -86,19 +86,21 @@ figure.update_layout(height=320, margin={"l": 10, "r": 10, "t": 30, "b": 10}, ya
 st.plotly_chart(figure, key="risk_timeline")
 
 st.subheader("Attempts behind the flag")
-st.dataframe(detail.attempts, hide_index=True, key="risk_attempts")
+widgets.rows(detail.attempts, key="risk_attempts")
 if detail.order_ids:
-    st.markdown(
-        "Orders: "
-        + ", ".join(f"**{order_id}**" for order_id in detail.order_ids)
-        + " (open them on the Orders page by id)."
+    widgets.markdown(
+        widgets.md(
+            "Orders: **{}** (open them on the Orders page by id).",
+            ", ".join(str(order_id) for order_id in detail.order_ids),
+        )
     )
 else:
     st.caption("No order is linked to these attempts (failed before checkout completed).")
 
 st.subheader("Review")
 if flag.status != "open":
-    st.info(f"{flag.status.capitalize()} by {flag.reviewed_by}: {flag.note}")
+    widgets.info(widgets.md("{} by {}:", flag.status.capitalize(), flag.reviewed_by))
+    widgets.text(flag.note or "")
 else:
     with st.form("risk_review", clear_on_submit=True):
         note = st.text_area("Note (what you checked)", key="risk_note", max_chars=2000)
@@ -107,4 +109,4 @@ else:
         dismissed = dismiss.form_submit_button("Dismiss")
     if confirmed or dismissed:
         ok, message = views.review(actor, flag.id, "confirm" if confirmed else "dismiss", note)
-        (st.success if ok else st.error)(message)
+        (widgets.success if ok else widgets.error)(message)

@@ -58,7 +58,7 @@ with left:
     if signatures.empty:
         st.success("No rejected deliveries.")
     else:
-        st.dataframe(signatures, hide_index=True, key="wh_signatures")
+        widgets.rows(signatures, key="wh_signatures")
 with right:
     st.subheader("Processing failures")
     offset = widgets.page_offset("wh_failures", FAILURES_PAGE)
@@ -67,7 +67,7 @@ with right:
         st.success("No delivery failed in processing.")
     else:
         st.caption(f"{failures.total:,} failed deliveries, newest first.")
-        st.dataframe(failures.rows, hide_index=True, key="wh_failures")
+        widgets.rows(failures.rows, key="wh_failures")
         widgets.pager(failures.total, FAILURES_PAGE, "wh_failures")
 
 st.subheader("Lag")
@@ -76,7 +76,7 @@ lag = data.webhook_lag(actor, period)
 if lag.empty:
     st.info("No events in this period.")
 else:
-    st.dataframe(lag, hide_index=True, key="wh_lag")
+    widgets.rows(lag, key="wh_lag")
 
 st.subheader("Oldest events still failing")
 failing = data.oldest_failing_events(actor, limit=20)
@@ -84,7 +84,7 @@ if failing.total == 0:
     st.success("No event is failing.")
 else:
     st.caption(f"{failing.total:,} events still failing; the {len(failing.rows)} oldest:")
-    st.dataframe(failing.rows, hide_index=True, key="wh_failing")
+    widgets.rows(failing.rows, key="wh_failing")
 
 # --- Webhook endpoint health ---------------------------------------------------------------------
 # Another engineer adds the "Webhook endpoint health" section here (Stripe's view of the endpoint:
