@@ -22,10 +22,11 @@ from streamlit.delta_generator import DeltaGenerator
 from core.console.period import GRAINS, Grain, Period
 from core.money import format_minor, to_major
 from dashboard.safe import Markdown as Markdown
-from dashboard.safe import body, chart_text, csv_bytes, inline, plain
+from dashboard.safe import body, chart_text, csv_bytes, inline
 from dashboard.safe import chart_texts as chart_texts
 from dashboard.safe import md as md
 from dashboard.safe import mono as mono
+from dashboard.safe import plain as plain
 from dashboard.safe import safe_frame as safe_frame
 
 PRESETS: dict[str, int] = {

@@ -45,7 +45,7 @@ widgets.rows(
 )
 
 by_label = {f.label: f.id for f in flags}
-chosen = st.selectbox("Flag", list(by_label), key="risk_flag")
+chosen = st.selectbox("Flag", list(by_label), format_func=widgets.plain, key="risk_flag")
 detail = views.detail(actor, by_label[chosen]) if chosen else None
 if detail is None:
     st.warning("This flag no longer exists: it was merged into another one. Refresh the list.")
