@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 
 from core.text import visible
+from dashboard.safe import WORD_JOINER
 
 # Order ids are positive 64-bit integers: at most 18 ASCII digits always fits.
 _ORDER_ID = re.compile(r"[0-9]{1,18}")
@@ -38,7 +39,8 @@ def order_id(raw: str | None) -> tuple[int | None, str | None]:
 def search_text(raw: str | None) -> tuple[str, str | None]:
     """A search for orders: printable text of at most MAX_SEARCH characters; ("", problem)
     otherwise. Surrounding spaces are dropped; ("", None) means nothing to search."""
-    text = (raw or "").strip()
+    # An email copied from the console carries the word joiners that keep it from being a link.
+    text = (raw or "").replace(WORD_JOINER, "").strip()
     if len(text) > MAX_SEARCH:
         return "", f"The search is too long ({len(text):,} characters; at most {MAX_SEARCH})."
     odd = sorted({char for char in text if not char.isprintable() and char != " "})

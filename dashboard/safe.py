@@ -39,6 +39,11 @@ _ALWAYS = re.compile(r"([\\`*\[\]<>|$~&@])")
 _COLON = re.compile(r":(?=\S)")
 _UNDERSCORE = re.compile(r"(?<![0-9A-Za-z])_|_(?![0-9A-Za-z])")
 _WWW = re.compile(r"(?i)(?<=www)\.")
+# Streamlit's markdown (remark-gfm) finds `www.`, `http://` and emails in the text *after*
+# escapes are resolved, so no escape stops them becoming links: a WORD JOINER (U+2060, no width,
+# no break) after `www`, `http`/`https` and `@` does. The search box drops it again on paste.
+WORD_JOINER = "\u2060"
+_AUTOLINK = re.compile(r"(?i)(?:\bwww(?=\.)|\bhttps?(?=:)|\bftp(?=:)|@)")
 # At the start of a line: lists, headings, quotes, setext and thematic breaks, ordered lists.
 _LINE_START = re.compile(r"^([-+=#>]|\d+[.)])")
 
@@ -51,7 +56,8 @@ class Markdown(str):
 
 def inline(value: object, *, limit: int = INLINE_LIMIT) -> str:
     """`value` as markdown that reads as exactly its text, on one line (outer spaces dropped)."""
-    text = _ALWAYS.sub(r"\\\1", visible(value, limit=limit).strip())
+    text = _AUTOLINK.sub(lambda m: m.group(0) + WORD_JOINER, visible(value, limit=limit).strip())
+    text = _ALWAYS.sub(r"\\\1", text)
     text = _COLON.sub(r"\\:", text)
     text = _UNDERSCORE.sub(r"\\_", text)
     text = _WWW.sub(r"\\.", text)

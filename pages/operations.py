@@ -24,7 +24,7 @@ if st.button("Run reconciliation", key="ops_reconcile"):
     report = views.run_reconcile(actor, days)
     st.session_state["ops_report"] = report.lines()
 if "ops_report" in st.session_state:
-    widgets.text("\n".join(st.session_state["ops_report"]))
+    st.code(widgets.plain("\n".join(st.session_state["ops_report"]), multiline=True), language=None)
 
 st.subheader("Replay a stored event")
 failed = views.failed_events(actor)
