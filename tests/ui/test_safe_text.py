@@ -45,10 +45,12 @@ def test_inline_leaves_no_markup(value: str) -> None:
 
 @pytest.mark.parametrize("value", [v for v in HOSTILE if v.isascii() and len(v) < 500])
 def test_inline_reads_as_exactly_the_text(value: str) -> None:
-    """Escaping changes how it parses, not what it says (newlines become spaces)."""
+    """Escaping changes how it parses, not what it says (newlines become spaces; a word joiner
+    after `@`, `www` and `http` is invisible)."""
     rendered = MarkdownIt("commonmark").renderInline(safe.inline(value))
     expected = " ".join(value.split())
-    assert " ".join(unescape(rendered).split()) == expected
+    read = unescape(rendered).replace(safe.WORD_JOINER, "")  # invisible, keeps links away
+    assert " ".join(read.split()) == expected
 
 
 def test_mono_keeps_backticks_and_an_id_whole() -> None:
