@@ -12,7 +12,7 @@ import pytest
 from markdown_it import MarkdownIt
 
 from core.text import csv_cell, slack, visible
-from dashboard import safe, widgets
+from dashboard import inputs, safe, widgets
 from tests.ui.test_hostile import markup_in
 
 HOSTILE = [
@@ -146,3 +146,30 @@ def test_tables_show_cells_as_visible_text() -> None:
 def test_money_never_shows_a_currency_that_is_not_a_code() -> None:
     assert widgets.money(2500, "usd") == "USD 25.00"
     assert widgets.money(2500, "<b>x</b>") == "2,500 (unknown currency)"
+
+
+@pytest.mark.parametrize(
+    ("raw", "value"), [("42", 42), (" 7 ", 7), ("", None), (None, None), ("9" * 18, int("9" * 18))]
+)
+def test_order_ids_that_parse(raw: str | None, value: int | None) -> None:
+    assert inputs.order_id(raw) == (value, None)
+
+
+@pytest.mark.parametrize("raw", ["²", "٣", "99999999999999999999", "0", "-1", "1e3", "4 2", "0x10"])
+def test_order_ids_refused_with_a_message(raw: str) -> None:
+    """Finding 7: `²` is a digit to str.isdigit but not to int; 20 digits overflow the database."""
+    value, problem = inputs.order_id(raw)
+    assert value is None and problem and "is not an order id" in problem
+
+
+@pytest.mark.parametrize("raw", ["jenny\U0010ffff", "x\u202e", "a\x00b", "a" * 255])
+def test_searches_refused_with_a_message(raw: str) -> None:
+    """Finding 7: a search ending in U+10FFFF raised in the query."""
+    value, problem = inputs.search_text(raw)
+    assert value == "" and problem
+
+
+def test_a_search_pasted_from_the_console_drops_its_word_joiners() -> None:
+    shown = safe.inline("jenny.rosen@example.com")
+    pasted = shown.replace("\\", "")  # what a person copies from the rendered page
+    assert inputs.search_text(pasted) == ("jenny.rosen@example.com", None)
