@@ -19,6 +19,7 @@ from core.auth import permissions
 from core.auth.permissions import Actor
 from core.settings import ConfigError, Settings, get_settings, key_mode
 from dashboard import auth
+from dashboard.safe import body, md
 
 ROOT = Path(__file__).resolve().parent.parent
 PAGES_DIR = ROOT / "pages"
@@ -140,7 +141,7 @@ def register_pages() -> tuple[st.Page, dict[str, st.Page]]:
             # A switch now would end this run before the browser has stored the login cookie;
             # the cookie manager reruns the app once it has, and that run switches.
             spec = next(spec for spec in PAGES if spec.file == landing)
-            st.page_link(pages[landing], label=f"Continue to {spec.title}", icon=spec.icon)
+            st.page_link(pages[landing], label=md("Continue to {}", spec.title), icon=spec.icon)
             return
         st.switch_page(pages[landing])
 
@@ -155,9 +156,9 @@ def sidebar(actor: Actor, pages: dict[str, st.Page]) -> None:
     The navigation is drawn here with page links (st.navigation itself is hidden), from the
     role's permissions; the links are plain elements, which the AppTest suite reads."""
     with st.sidebar:
-        st.markdown(f"Signed in as **{actor.username}**  \nRole: **{actor.role}**")
+        st.markdown(md("Signed in as **{}**  \nRole: **{}**", actor.username, actor.role))
         for spec in visible_pages(actor.role):
-            st.page_link(pages[spec.file], label=spec.title, icon=spec.icon)
+            st.page_link(pages[spec.file], label=spec.title, icon=spec.icon)  # markup: console text
         st.divider()
         # Handled by auth.authenticate() at the top of the run the click starts, so that run
         # can both end the session and delete the cookie (a rerun here would cut it short).
@@ -170,11 +171,17 @@ def sidebar(actor: Actor, pages: dict[str, st.Page]) -> None:
 
 
 def main() -> None:
-    st.set_page_config(page_title=PRODUCT, page_icon=":material/payments:", layout="wide")
+    st.set_page_config(
+        # An emoji, not a :material/...: icon: Streamlit loads those favicons from
+        # fonts.gstatic.com, and the console's pages load nothing from anywhere else.
+        page_title=PRODUCT,
+        page_icon="💳",
+        layout="wide",
+    )
     try:
         get_settings()
     except ConfigError as exc:
-        st.error(str(exc))
+        st.error(body(str(exc)))
         st.stop()
     home, pages = register_pages()
     current = st.navigation([home, *pages.values()], position="hidden")

@@ -69,6 +69,7 @@ from core.auth.permissions import Actor
 from core.auth.users import User, UsersError, as_credentials, load_users
 from core.db import get_engine, session_scope
 from core.settings import get_settings
+from dashboard.safe import body
 
 TOKEN_KEY = "_auth_session_token"  # noqa: S105 (a session-state key, not a secret)
 COOKIE_PENDING_KEY = "_auth_cookie_pending"
@@ -125,8 +126,8 @@ def set_home(page: st.Page) -> None:
 
 def _refuse(message: str) -> NoReturn:
     """A refusal page: a title, the message (naming no data), and the way back."""
-    st.title(REFUSAL_TITLES.get(message, "Not available"))
-    st.error(message, icon=":material/block:")
+    st.title(REFUSAL_TITLES.get(message, "Not available"))  # markup: console text
+    st.error(message, icon=":material/block:")  # markup: console text (the constants above)
     if _home and message != UNAVAILABLE:
         st.page_link(_home[0], label="Back to the console", icon=":material/home:")
     st.stop()
@@ -245,7 +246,7 @@ def password_change_form(actor: Actor) -> None:
         with session_scope(get_engine()) as session:
             manage.change_password(session, actor, get_settings().auth_config, current, new)
     except UsersError as exc:
-        st.error(str(exc))
+        st.error(body(str(exc)))
         return
     except SQLAlchemyError:
         _refuse(UNAVAILABLE)
@@ -444,17 +445,17 @@ def authenticate(product: str = "Payments console", environment: str = "") -> Ac
         return actor
     form = st.empty()
     with form.container():
-        st.title(product)
+        st.title(product)  # markup: console text (PRODUCT)
         if environment:
-            st.caption(environment)
+            st.caption(environment)  # markup: console text (from settings)
         authenticator.login(location="main", fields=LOGIN_FIELDS, key=FORM_KEY)
     if controller.actor is not None:
         form.empty()  # the page is drawn in this same run
         return controller.actor
     if controller.error:
-        st.error(controller.error)
+        st.error(body(controller.error))
     if controller.warning:
-        st.warning(controller.warning)
+        st.warning(controller.warning)  # markup: console text (NO_USERS)
     return None
 
 

@@ -10,6 +10,7 @@ import streamlit as st
 from sqlalchemy.exc import SQLAlchemyError
 
 from core.console.stripe_api import StripeProblem
+from dashboard.safe import body
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -25,7 +26,7 @@ def shown(func: Callable[P, R]) -> Callable[P, R]:
         try:
             return func(*args, **kwargs)
         except StripeProblem as problem:
-            st.error(problem.message, icon=":material/cloud_off:")
+            st.error(body(problem.message), icon=":material/cloud_off:")
             st.stop()
             raise  # st.stop() raises; this keeps the type checker informed
         except SQLAlchemyError:

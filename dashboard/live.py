@@ -39,6 +39,7 @@ from core.runtime import webhook_context
 from core.settings import Settings, get_settings
 from dashboard import data
 from dashboard.guard import shown
+from dashboard.safe import md, mono, safe_frame
 
 STANDIN_NOTICE = (
     "Stripe stand-in: this console is talking to a local imitation of Stripe "
@@ -338,11 +339,11 @@ def render_endpoint_health(actor: Actor) -> None:
     try:
         health = reconcile.endpoint_health(client(), actor)
     except StripeProblem as problem:
-        st.warning(f"Stripe's view of the endpoints is unavailable: {problem.message}")
+        st.warning(md("Stripe's view of the endpoints is unavailable: {}", problem.message))
         return
     if health.standin:
         st.caption(STANDIN_NOTICE)
-    st.caption(f"Our API version: `{health.our_version}`")
+    st.caption(md("Our API version: {}", mono(health.our_version)))
     if not health.endpoints:
         st.error("Stripe has no webhook endpoint for this account: no event reaches us.")
     for endpoint in health.endpoints:
@@ -355,15 +356,24 @@ def render_endpoint_health(actor: Actor) -> None:
             )
         if endpoint.missing_events:
             problems.append("does not send: " + ", ".join(endpoint.missing_events))
-        text = f"`{endpoint.url}` ({endpoint.id})"
+        where = mono(endpoint.url)
         if problems:
-            st.warning(f"{text}: " + "; ".join(problems), icon=":material/warning:")
+            st.warning(
+                md("{} ({}): {}", where, endpoint.id, "; ".join(problems)),
+                icon=":material/warning:",
+            )
         else:
-            st.success(f"{text}: enabled, our API version, sends every event we handle.")
+            st.success(
+                md(
+                    "{} ({}): enabled, our API version, sends every event we handle.",
+                    where,
+                    endpoint.id,
+                )
+            )
     if health.pending:
         st.warning(f"{len(health.pending)} event(s) still waiting for delivery to an endpoint.")
         st.dataframe(
-            pd.DataFrame(
+            safe_frame(
                 [
                     {"event": p.id, "type": p.type, "created (UTC)": _when(p.created),
                      "pending endpoints": p.pending_webhooks}

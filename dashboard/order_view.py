@@ -14,6 +14,7 @@ from core.console.declines import dispute_reason_label
 from core.console.orders import CustomerSummary, OrderDetail
 from core.console.timeline import TimelineEntry, when
 from core.money import format_minor
+from dashboard.safe import md
 
 EMPTY = "–"  # the one way an empty value is shown
 KIND_BADGES = {
@@ -51,16 +52,16 @@ def _at(at: datetime | None) -> str:
     return EMPTY if at is None else when(at)
 
 
-def header(order: OrderDetail) -> None:
+def summary(order: OrderDetail) -> None:
     """What support is asked about, at a glance: status, money, customer and the key times,
     refunds and the dispute, all times in UTC with the zone named."""
-    st.header(f"Order #{order.id}")
+    st.header(f"Order #{order.id:d}")
     status, amount, refunded = st.columns(3)
-    status.metric("Status", status_words(order.status))
-    amount.metric("Amount", _money(order.amount_total, order.currency))
+    status.metric("Status", md("{}", status_words(order.status)))
+    amount.metric("Amount", md("{}", _money(order.amount_total, order.currency)))
     refunded.metric(
         "Refunded",
-        _money(order.amount_refunded, order.currency) if order.amount_refunded else EMPTY,
+        md("{}", _money(order.amount_refunded, order.currency) if order.amount_refunded else EMPTY),
     )
     # Times as one line of text: a metric's large type would clip them at 1280 px.
     times = [f"Paid at: {_at(order.paid_at)}", f"Fulfilled at: {_at(order.fulfilled_at)}"]
@@ -91,7 +92,7 @@ def customer_header(customer: CustomerSummary) -> None:
     orders, paid, first = st.columns(3)
     orders.metric("Orders", f"{customer.orders:,}")
     paid.metric("Paid orders", f"{customer.paid_orders:,}")
-    first.metric("First order", _at(customer.first_order_at))
+    first.metric("First order", md("{}", _at(customer.first_order_at)))
 
 
 def timeline(entries: list[TimelineEntry]) -> None:
@@ -101,7 +102,7 @@ def timeline(entries: list[TimelineEntry]) -> None:
         st.info("Nothing recorded for this order yet.")
     for number, entry in enumerate(entries):
         with st.container(border=True, key=f"timeline_{number}"):
-            st.markdown(f"{KIND_BADGES.get(entry.kind, '')} {when(entry.at)}")
+            st.markdown(md("{} {}", KIND_BADGES.get(entry.kind, ""), when(entry.at)))
             st.text(entry.title)
             if entry.facts:
                 st.text("\n".join(f"{label}: {value}" for label, value in entry.facts.items()))

@@ -1,6 +1,11 @@
 """Small UI pieces the pages share: period picker, pager, money, charts, CSV download.
 
-Widgets only draw and read input; they never fetch data (that is dashboard/data.py)."""
+Widgets only draw and read input; they never fetch data (that is dashboard/data.py).
+
+Untrusted text (anything from Stripe, a customer or a colleague) goes through the helpers of
+dashboard/safe.py, re-exported here: `markdown`, `caption`, `error`... take data as text,
+`md(template, *values)` builds markdown around it, tables and charts neutralise their cells
+and labels, CSV downloads neutralise formulas. Never `st.markdown(f"...{value}...")`."""
 
 from __future__ import annotations
 
@@ -16,6 +21,13 @@ from streamlit.delta_generator import DeltaGenerator
 
 from core.console.period import GRAINS, Grain, Period
 from core.money import format_minor, to_major
+from dashboard.safe import Markdown as Markdown
+from dashboard.safe import body, chart_text, csv_bytes, inline
+from dashboard.safe import chart_texts as chart_texts
+from dashboard.safe import md as md
+from dashboard.safe import mono as mono
+from dashboard.safe import plain as plain
+from dashboard.safe import safe_frame as safe_frame
 
 PRESETS: dict[str, int] = {
     "Last 24 hours": 1,
@@ -37,6 +49,8 @@ PAGE_SIZE = 25
 
 def money(amount: int | None, currency: str | None) -> str:
     """Integer minor units in the currency's own format (JPY 500, USD 12.34, KWD 1.500)."""
+    if currency and not (currency.isascii() and currency.isalpha()):
+        return f"{int(amount or 0):,} (unknown currency)"  # not a code: never shown as one
     return format_minor(int(amount or 0), currency)
 
 
@@ -154,7 +168,9 @@ def line_chart(
     """One line per column of `series` (column -> legend label)."""
     figure = go.Figure()
     for column, label in series.items():
-        figure.add_trace(go.Scatter(x=frame[x], y=frame[column], mode="lines+markers", name=label))
+        figure.add_trace(
+            go.Scatter(x=frame[x], y=frame[column], mode="lines+markers", name=chart_text(label))
+        )
     _layout(figure, title)
     if percent_axis:
         figure.update_yaxes(tickformat=".0%", rangemode="tozero")
@@ -189,14 +205,16 @@ def stacked_bars(
     ordered += sorted(name for name in present if name not in colors)
     for name in ordered:
         part = frame[frame[stack] == name]
-        figure.add_trace(go.Bar(x=part[x], y=part[y], name=name, marker_color=colors.get(name)))
+        figure.add_trace(
+            go.Bar(x=part[x], y=part[y], name=chart_text(name), marker_color=colors.get(name))
+        )
     figure.update_layout(barmode="stack")
     _layout(figure, title)
     st.plotly_chart(figure, key=key)
 
 
 def bars(frame: pd.DataFrame, x: str, y: str, *, title: str, key: str, log_y: bool = False) -> None:
-    figure = go.Figure(go.Bar(x=frame[x].astype(str), y=frame[y]))
+    figure = go.Figure(go.Bar(x=chart_texts(frame[x]), y=frame[y]))
     _layout(figure, title)
     figure.update_xaxes(type="category")
     if log_y:
@@ -206,7 +224,10 @@ def bars(frame: pd.DataFrame, x: str, y: str, *, title: str, key: str, log_y: bo
 
 def _layout(figure: go.Figure, title: str) -> None:
     figure.update_layout(
-        title=title, margin={"l": 10, "r": 10, "t": 40, "b": 10}, height=320, hovermode="x unified"
+        title=chart_text(title),
+        margin={"l": 10, "r": 10, "t": 40, "b": 10},
+        height=320,
+        hovermode="x unified",
     )
 
 
@@ -227,14 +248,14 @@ RATE_COLUMNS = {
 
 def table(frame: pd.DataFrame, *, key: str) -> None:
     """A read-only table with rates shown as percentages and buckets as UTC times."""
-    st.dataframe(frame, hide_index=True, key=key, column_config=RATE_COLUMNS)
+    st.dataframe(safe_frame(frame), hide_index=True, key=key, column_config=RATE_COLUMNS)
 
 
 def csv_download(frame: pd.DataFrame, file_name: str, *, label: str, key: str) -> None:
-    """Exactly the rows and columns on screen, as CSV."""
+    """Exactly the rows and columns on screen, as CSV whose cells cannot run as formulas."""
     st.download_button(
-        label,
-        frame.to_csv(index=False).encode(),
+        label,  # markup: console text (the pages' own labels)
+        csv_bytes(frame),
         file_name=file_name,
         mime="text/csv",
         key=key,
@@ -244,7 +265,7 @@ def csv_download(frame: pd.DataFrame, file_name: str, *, label: str, key: str) -
 
 
 def refusal(message: str) -> None:
-    st.error(message, icon=":material/block:")
+    st.error(body(message), icon=":material/block:")
 
 
 def period_label(period: Period) -> str:
@@ -261,12 +282,10 @@ def grid(items: Sequence[T], per_row: int) -> list[tuple[DeltaGenerator, T]]:
     return placed
 
 
-_MARKDOWN_SPECIALS = "\\`*_[]<>#|$:~"
-
-
 def escape_markdown(text: str) -> str:
-    """Data shown inside st.markdown is text, never markup (ids, emails, decline messages)."""
-    return "".join("\\" + char if char in _MARKDOWN_SPECIALS else char for char in text)
+    """Data shown inside st.markdown is text, never markup (ids, emails, decline messages).
+    Prefer `md(template, *values)`; kept for the pages that still call it."""
+    return inline(text)
 
 
 # --- Tables ------------------------------------------------------------------------------------
@@ -275,7 +294,7 @@ def escape_markdown(text: str) -> str:
 def orders_table(orders: pd.DataFrame) -> pd.DataFrame:
     """Search results as people read them: money per currency, no minor units, which field
     matched the search, and "–" for every empty cell."""
-    table = pd.DataFrame(
+    table = safe_frame(
         {
             "order": orders["id"],
             "matched on": orders.get("matched"),
@@ -300,7 +319,9 @@ def order_labels(orders: pd.DataFrame) -> dict[int, str]:
     for record in orders.to_dict("records"):
         email = record["customer_email"] or "no email"
         amount = money(int(record["amount_total"]), record["currency"])
-        labels[int(record["id"])] = f"#{record['id']} · {email} · {amount} · {record['status']}"
+        labels[int(record["id"])] = plain(
+            f"#{record['id']} · {email} · {amount} · {record['status']}", limit=300
+        )
     return labels
 
 
@@ -338,7 +359,9 @@ def currency_lines(frame: pd.DataFrame, *, title: str, key: str) -> None:
         code = str(currency)
         major = [to_major(int(value), code) for value in part["amount"]]
         figure.add_trace(
-            go.Scatter(x=part["bucket"], y=major, mode="lines+markers", name=code.upper())
+            go.Scatter(
+                x=part["bucket"], y=major, mode="lines+markers", name=chart_text(code.upper())
+            )
         )
     _layout(figure, title)
     st.plotly_chart(figure, key=key)
@@ -355,7 +378,7 @@ def show_flash(key: str) -> None:
     slot = st.empty()
     message = st.session_state.pop(f"_flash_{key}", None)
     if message:
-        slot.success(message)
+        slot.success(body(message))
 
 
 # --- Tables people read (issue 13: no clipped keys, no internal names, one empty marker) -------
@@ -404,9 +427,47 @@ def failures_table(frame: pd.DataFrame, *, key: str) -> None:
     for column in ("error", "last_error"):
         if column in shown:
             shown[column] = shown[column].map(plain_error)
-    st.dataframe(shown, hide_index=True, key=key, column_config=FAILURE_COLUMNS)
+    st.dataframe(safe_frame(shown), hide_index=True, key=key, column_config=FAILURE_COLUMNS)
 
 
 def codes_table(frame: pd.DataFrame, *, key: str) -> None:
     """Promotion codes with the code and its Stripe id never clipped."""
-    st.dataframe(frame, hide_index=True, key=key, column_config=CODE_COLUMNS)
+    st.dataframe(safe_frame(frame), hide_index=True, key=key, column_config=CODE_COLUMNS)
+
+
+# --- Text from data ----------------------------------------------------------------------------
+# Each takes a plain str as text (escaped) and `Markdown` (from `md` / `mono`) as markdown.
+
+
+def markdown(value: object) -> None:
+    st.markdown(body(value))
+
+
+def caption(value: object) -> None:
+    st.caption(body(value))
+
+
+def info(value: object, *, icon: str | None = None) -> None:
+    st.info(body(value), icon=icon)
+
+
+def success(value: object, *, icon: str | None = None) -> None:
+    st.success(body(value), icon=icon)
+
+
+def warning(value: object, *, icon: str | None = None) -> None:
+    st.warning(body(value), icon=icon)
+
+
+def error(value: object, *, icon: str | None = None) -> None:
+    st.error(body(value), icon=icon)
+
+
+def text(value: object) -> None:
+    """Several lines of text from a person (a note, a reason), as they wrote them."""
+    st.text(plain(value, multiline=True))
+
+
+def rows(data: object, *, key: str) -> None:
+    """A read-only table of data (a DataFrame or a list of dicts); cells stay text."""
+    st.dataframe(safe_frame(data), hide_index=True, key=key)

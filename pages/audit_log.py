@@ -23,8 +23,13 @@ if chain.ok:
     )
 else:
     st.error(
-        f"Chain broken at entry {chain.broken_at}: {chain.problem}. "
-        f"{chain.checked:,} entries before it verify. Investigate before trusting later entries.",
+        widgets.md(
+            "Chain broken at entry {}: {}. {:,} entries before it verify. "
+            "Investigate before trusting later entries.",
+            chain.broken_at,
+            chain.problem,
+            chain.checked,
+        ),
         icon=":material/gpp_bad:",
     )
 
@@ -55,7 +60,7 @@ offset = widgets.page_offset("audit", PAGE_SIZE)
 entries = data.audit_log(actor, filters, limit=PAGE_SIZE, offset=offset)
 st.caption(f"{entries.total:,} matching entries, newest first.")
 if entries.total:
-    st.dataframe(entries.rows, hide_index=True, key="audit_table")
+    widgets.rows(entries.rows, key="audit_table")
 else:
     st.info("No entries match these filters.")
 widgets.pager(entries.total, PAGE_SIZE, "audit")

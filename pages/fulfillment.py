@@ -29,9 +29,9 @@ def show(outcome: views.ManualOutcome, form: str | None = None) -> None:
         widgets.flash("fulfillment", outcome.message)
         st.rerun()
     elif outcome.result == "already_fulfilled":
-        st.info(outcome.message)
+        widgets.info(outcome.message)
     else:
-        st.error(outcome.message)
+        widgets.error(outcome.message)
 
 
 def order_form(
@@ -51,7 +51,7 @@ def order_form(
             key=f"{prefix}_order" + (f"_{generation}" if generation else ""),
         )
         reason = st.text_area(
-            reason_label,
+            reason_label,  # markup: console text
             max_chars=2000,
             key=f"{prefix}_reason" + (f"_{generation}" if generation else ""),
         )
@@ -59,7 +59,7 @@ def order_form(
             "Type the order id again to confirm",
             key=f"{prefix}_confirm" + (f"_{generation}" if generation else ""),
         )
-        submitted = st.form_submit_button(button)
+        submitted = st.form_submit_button(button)  # markup: console text
     if submitted:
         if order_id is None:
             st.error("Enter the order id.")
@@ -74,7 +74,7 @@ awaiting = views.awaiting_orders(actor)
 if awaiting.empty:
     st.success("Every paid order is fulfilled.")
 else:
-    st.dataframe(awaiting, hide_index=True, key="mf_awaiting")
+    widgets.rows(awaiting, key="mf_awaiting")
 
 st.subheader("Request a manual fulfillment")
 order_form(
@@ -90,15 +90,20 @@ if may(actor, "fulfillment.approve"):
     for request in pending:
         with st.container(border=True):
             st.markdown(
-                f"**#{request.id}** · order **{request.order_id}** · requested by "
-                f"`{request.requested_by}` on {request.requested_at:%Y-%m-%d %H:%M} UTC"
+                widgets.md(
+                    "**#{:d}** · order **{:d}** · requested by {} on {:%Y-%m-%d %H:%M} UTC",
+                    request.id,
+                    request.order_id,
+                    widgets.mono(request.requested_by),
+                    request.requested_at,
+                )
             )
-            st.text(request.reason)
+            widgets.text(request.reason)
             if request.requested_by == actor.username:
                 st.caption("Your own request: another admin must approve it.")
                 continue
             confirm = st.text_input(
-                f"Type order id {request.order_id} to approve",
+                f"Type order id {request.order_id:d} to approve",
                 key=f"mf_approve_confirm_{request.id}",
             )
             approve_col, reject_col = st.columns(2)
@@ -119,7 +124,7 @@ if may(actor, "fulfillment.approve"):
 st.subheader("Recent requests")
 recent = views.requests(actor, pending_only=False)
 if recent:
-    st.dataframe(
+    widgets.rows(
         [
             {
                 "request": r.id,
@@ -131,7 +136,6 @@ if recent:
             }
             for r in recent
         ],
-        hide_index=True,
         key="mf_recent",
     )
 else:

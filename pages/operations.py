@@ -23,13 +23,13 @@ days = st.slider("Days to look back", min_value=1, max_value=30, value=30, key="
 job = views.reconcile_state(actor)
 running = job is not None and job.running
 label = f"Run reconciliation (last {days} days)"
-if st.button(label, key=forms.key("ops", "reconcile"), disabled=running):
+if st.button(label, key=forms.key("ops", "reconcile"), disabled=running):  # markup: console text
     ok, message = views.start_reconcile(actor, days)
     if ok:
         forms.reset("ops")  # a second click of this button is stale: it does nothing
         widgets.flash("operations", message)
         st.rerun()
-    st.error(widgets.escape_markdown(message))
+    widgets.error(message)
 widgets.show_flash("operations")
 
 
@@ -40,16 +40,17 @@ def reconcile_progress() -> None:
     if job is None:
         return
     if job.running:
-        with st.status(f"Reconciliation running: {job.step or 'starting'}", expanded=True):
+        step = job.step or "starting"  # the job's own step names
+        with st.status(f"Reconciliation running: {step}", expanded=True):  # markup: console text
             count = f"{job.done}/{job.total}" if job.total else f"{job.done}"
             st.progress(job.fraction, text=f"{job.step or 'starting'}: {count}")
-            st.caption(f"Reconciliation {job.describe()}. It runs once at a time.")
+            widgets.caption(f"Reconciliation {job.describe()}. It runs once at a time.")
         return
     if running:  # it finished while this page watched: redraw the page (button, report)
         st.rerun()
     if job.result:
         outcome = "finished" if job.status == "done" else "FAILED"
-        st.caption(f"Last reconciliation {outcome}: {job.describe()}.")
+        widgets.caption(f"Last reconciliation {outcome}: {job.describe()}.")
         st.code("\n".join(job.result), language=None)
 
 
@@ -68,21 +69,21 @@ if dry_col.button("Dry run", key="ops_dry", disabled=not event_id):
     result = views.run_replay(actor, event_id, dry_run=True)
     if isinstance(result, str):  # no such event: nothing to replay for real either
         st.session_state.pop("ops_dry_ran", None)
-        st.error(result)
+        widgets.error(result)
     else:
         st.session_state["ops_dry_ran"] = event_id
-        st.info(result.summary())
+        widgets.info(result.summary())
         if result.changes:
-            st.dataframe(views.changes_table(result), hide_index=True, key="ops_changes")
+            widgets.rows(views.changes_table(result), key="ops_changes")
 ready = st.session_state.get("ops_dry_ran") == event_id and bool(event_id)
 if apply_col.button("Replay for real", key="ops_apply", disabled=not ready):
     result = views.run_replay(actor, event_id, dry_run=False)
     st.session_state.pop("ops_dry_ran", None)
     if isinstance(result, str):
-        st.error(result)
+        widgets.error(result)
     elif result.error:
-        st.error(result.summary())
+        widgets.error(result.summary())
     else:
-        st.success(result.summary())
+        widgets.success(result.summary())
 if not ready and event_id:
     st.caption("Run the dry run first: the real replay is enabled after it.")

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from dashboard import data, order_view, widgets
+from dashboard import data, inputs, order_view, widgets
 from dashboard.auth import require
 
 actor = require("orders.view")
@@ -21,8 +21,9 @@ query = st.text_input(
 ).strip()
 widgets.reset_pager_on_change("orders", query)
 # ?order=<id> opens one order directly: a link to paste into a ticket (no email in the URL).
-linked = st.query_params.get("order", "")
-chosen: int | None = int(linked) if linked.isdigit() else None
+chosen, problem = inputs.order_id(st.query_params.get("order"))
+if problem:
+    widgets.warning(problem)
 
 
 def results_table(label: str) -> int | None:
@@ -30,18 +31,18 @@ def results_table(label: str) -> int | None:
     offset = widgets.page_offset("orders", widgets.PAGE_SIZE)
     results = data.search_orders(actor, query, limit=widgets.PAGE_SIZE, offset=offset)
     if results.refused:
-        st.warning(results.refused)
+        widgets.warning(results.refused)
         st.stop()
     if results.total == 0:
         st.warning("No order matches this search.")
         st.stop()
     shown = len(results.orders)
-    st.caption(f"{results.total:,} order(s) match; showing {offset + 1}–{offset + shown}.")
-    st.dataframe(widgets.orders_table(results.orders), hide_index=True, key="orders_results")
+    st.caption(f"{results.total:,} order(s) match; showing {offset + 1:,}–{offset + shown:,}.")
+    widgets.rows(widgets.orders_table(results.orders), key="orders_results")
     widgets.pager(results.total, widgets.PAGE_SIZE, "orders")
     labels = widgets.order_labels(results.orders)
     picked: int | None = st.selectbox(
-        label,
+        label,  # markup: console text
         list(labels),
         index=0 if results.total == 1 else None,
         format_func=labels.__getitem__,
@@ -79,9 +80,9 @@ st.query_params["order"] = str(chosen)
 
 order = data.order(actor, chosen)
 if order is None:
-    st.warning(f"There is no order {chosen}.")
+    st.warning(f"There is no order {chosen:d}.")
     st.stop()
 
-order_view.header(order)
+order_view.summary(order)
 st.subheader("Timeline")
 order_view.timeline(data.timeline(actor, chosen))

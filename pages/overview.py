@@ -25,7 +25,7 @@ for column, currency in widgets.grid(currencies, per_row=4):
     current = now.volume_by_currency.get(currency, 0)
     previous = before.volume_by_currency.get(currency, 0)
     column.metric(
-        currency.upper(),
+        widgets.md("{}", currency.upper()),
         widgets.money(current, currency),
         widgets.money_delta(current, previous, currency),
         border=True,
@@ -57,13 +57,13 @@ refunds.metric(
     delta_color="inverse",
 )
 refunded.markdown(
-    "**Refunded amount**\n\n"
-    + (
-        "\n\n".join(
+    widgets.md(
+        "**Refunded amount**\n\n{}",
+        " · ".join(
             widgets.money(amount, currency)
             for currency, amount in sorted(now.refunded_amount_by_currency.items())
         )
-        or "–"
+        or "–",
     )
 )
 disputes.metric(
@@ -95,4 +95,4 @@ recent = data.recent_alerts(actor)
 if recent.empty:
     st.info("No alerts raised.")
 else:
-    st.dataframe(recent, hide_index=True, width="stretch")
+    widgets.rows(recent, key="overview_alerts")

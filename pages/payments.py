@@ -13,7 +13,7 @@ st.set_page_config(layout="wide")  # tables and per-currency figures need the wi
 st.title("Payments")
 period = widgets.period_picker("payments")
 grain = widgets.grain_picker(period, "payments")
-st.caption(f"{widgets.period_label(period)} (UTC), by {grain}")
+st.caption(widgets.md("{} (UTC), by {}", widgets.period_label(period), grain))
 
 st.subheader("Success and decline rates")
 st.caption(

@@ -21,27 +21,29 @@ left, right = st.columns([3, 2])
 with left:
     st.subheader("Codes")
     active = sum(1 for c in codes if c.active)
-    st.caption(f"{len(codes)} codes, {active} active.")
+    st.caption(f"{len(codes):,} codes, {active:,} active.")
     widgets.codes_table(views.codes_table(codes), key="promo_codes")
 with right:
     st.subheader("Watch list")
     if watch:
         for warning in watch:
-            st.warning(f"**{widgets.escape_markdown(warning.code)}**: {warning.problem}")
+            widgets.warning(widgets.md("**{}**: {}", warning.code, warning.problem))
     else:
         st.success("No active code is near its limit or expiry.")
     st.subheader("Redemptions, last 30 days")
     if per_day.empty:
         st.info("No paid order used a code in the last 30 days.")
     else:
-        st.bar_chart(per_day, x="day", y="redemptions", color="code", height=260)
+        st.bar_chart(
+            widgets.safe_frame(per_day), x="day", y="redemptions", color="code", height=260
+        )
 
 st.subheader("Codes in our orders and attempts (last 30 days)")
 st.caption("Failed attempts and disputes by code: a code shared on a fraud forum shows here.")
 if per_code.empty:
     st.info("No order or attempt used a code in the last 30 days.")
 else:
-    st.dataframe(per_code, hide_index=True, key="promo_usage")
+    widgets.rows(per_code, key="promo_usage")
 
 CURRENCIES = views.currencies()
 
@@ -89,11 +91,11 @@ def create_form() -> None:
     typed = {name for name, raw in form.items() if raw not in ("", None, False)}
     for field, problem in problems.items():
         if field in typed or (field == "percent_off" and typed & {"percent_off", "amount_off"}):
-            st.error(widgets.escape_markdown(problem))
+            widgets.error(problem)
     if new is None:
         st.caption("Create is enabled once every field above is valid.")
     else:
-        st.info(f"Will create {widgets.escape_markdown(new.describe())}", icon=":material/sell:")
+        widgets.info(widgets.md("Will create {}", new.describe()), icon=":material/sell:")
     if st.button("Create promotion code", key=key("create"), disabled=new is None) and new:
         with st.spinner(f"Creating promotion code {new.code} in Stripe..."):
             ok, message = views.create_code(actor, new)
@@ -102,7 +104,7 @@ def create_form() -> None:
         if ok:
             widgets.flash("promotions", widgets.escape_markdown(message))
             st.rerun()
-        st.error(widgets.escape_markdown(message))
+        widgets.error(message)
 
 
 def toggle_form() -> None:
@@ -123,7 +125,7 @@ def toggle_form() -> None:
     verb = "Deactivate" if picked.active else "Reactivate"
     asked = forms.pending("pc_toggle")
     if asked is None:
-        if st.button(f"{verb} {picked.code} ({picked.id})...", key="pc_toggle"):
+        if st.button(widgets.md("{} {} ({})...", verb, picked.code, picked.id), key="pc_toggle"):
             forms.ask("pc_toggle", {"id": picked.id, "code": picked.code, "active": picked.active})
             st.rerun()
         return
@@ -134,10 +136,15 @@ def toggle_form() -> None:
         else "Customers can redeem it again."
     )
     with st.container(border=True):
-        target = widgets.escape_markdown(f"{asked['code']} ({asked['id']})")
-        st.warning(f"{verb} promotion code {target}? {consequence}")
+        widgets.warning(
+            widgets.md(
+                "{} promotion code {} ({})? {}", verb, asked["code"], asked["id"], consequence
+            )
+        )
         yes, no = st.columns(2)
-        if yes.button(f"Yes, {verb.lower()} {asked['code']}", key="pc_confirm", type="primary"):
+        if yes.button(
+            widgets.md("Yes, {} {}", verb.lower(), asked["code"]), key="pc_confirm", type="primary"
+        ):
             with st.spinner(f"{verb[:-1]}ing {asked['code']} in Stripe..."):
                 ok, message = views.set_code_active(
                     actor, asked["id"], asked["code"], not asked["active"]
@@ -147,7 +154,7 @@ def toggle_form() -> None:
             if ok:
                 widgets.flash("promotions", widgets.escape_markdown(message))
                 st.rerun()
-            st.error(widgets.escape_markdown(message))
+            widgets.error(message)
         if no.button("Cancel", key="pc_cancel"):
             forms.cancel("pc_toggle")
             st.rerun()

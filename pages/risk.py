@@ -7,6 +7,7 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from dashboard import live as views
+from dashboard import widgets
 from dashboard.auth import require
 
 actor = require("risk.review")
@@ -21,7 +22,7 @@ st.caption(
 # The outcome of the review submitted on the previous run (set by its callback).
 outcome = st.session_state.pop("risk_review_outcome", None)
 if outcome is not None:
-    (st.success if outcome[0] else st.error)(outcome[1])
+    (widgets.success if outcome[0] else widgets.error)(outcome[1])
 
 
 def submit(incident_id: int, decision: str, seen: frozenset[int], note_key: str) -> None:
@@ -43,10 +44,10 @@ show = st.segmented_control(
 status = (show or "Open").lower()
 found = views.incidents(actor, status)
 if not found:
-    st.success("No open incident." if status == "open" else f"No {status} incident.")
+    widgets.success("No open incident." if status == "open" else f"No {status} incident.")
     st.stop()
 
-st.dataframe(
+widgets.rows(
     [
         {
             "incident": f"#{i.id}",
@@ -76,11 +77,11 @@ if detail is None:
     st.stop()
 
 incident = detail.incident
-st.subheader(f"Incident #{incident.id}")
+st.subheader(f"Incident #{incident.id:d}")
 flags_m, attempts_m, cards_m, span_m = st.columns(4)
 flags_m.metric("Flags", len(detail.flags))
 attempts_m.metric("Failed attempts", len(detail.attempts))
-cards_m.metric("Distinct cards", detail.cards)
+cards_m.metric("Distinct cards", f"{detail.cards:,}")
 minutes = (incident.last_seen - incident.first_seen).total_seconds() / 60
 span_m.metric("Within", f"{minutes:.0f} min")
 if detail.amounts:
@@ -100,7 +101,6 @@ st.dataframe(
         }
         for f in detail.flags
     ],
-    hide_index=True,
     key="risk_flags",
 )
 
@@ -150,9 +150,9 @@ if detail.order_ids:
 else:
     st.caption("No order is linked to these attempts (failed before checkout completed).")
 
-st.subheader(f"Review incident #{incident.id}")
+st.subheader(f"Review incident #{incident.id:d}")
 if incident.status != "open":
-    st.info(f"{incident.status.capitalize()} by {incident.reviewed_by}.")
+    widgets.info(f"{incident.status.capitalize()} by {incident.reviewed_by}.")
     st.text(incident.note or "")
 else:
     note_key = f"risk_note_{incident.id}"
@@ -164,7 +164,7 @@ else:
             (dismiss, "Dismiss", "dismiss", "secondary"),
         ):
             column.form_submit_button(
-                label,
+                label,  # markup: console text
                 type=kind,  # type: ignore[arg-type]
                 on_click=submit,
                 args=(incident.id, decision, detail.flag_ids, note_key),

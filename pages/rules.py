@@ -8,6 +8,7 @@ from datetime import UTC, datetime, time, timedelta
 import streamlit as st
 
 from dashboard import live as views
+from dashboard import widgets
 from dashboard.auth import require
 
 actor = require("risk.rules")
@@ -21,7 +22,7 @@ st.caption(
 
 outcome = st.session_state.pop("rules_outcome", None)
 if outcome is not None:
-    (st.success if outcome[0] else st.error)(outcome[1])
+    (widgets.success if outcome[0] else widgets.error)(outcome[1])
 
 state = views.rules_state(actor)
 st.text(
@@ -50,7 +51,7 @@ if st.button("Backtest these rules", key="rules_backtest"):
     until = datetime.combine(end, time.max, UTC)
     result = views.run_backtest(actor, table, allow, since, until)
     if isinstance(result, str):
-        st.error(result)
+        widgets.error(result)
     elif result is not None:
         st.text(f"{result.attempts} failed attempts read.")
         live_col, new_col, diff_col = st.columns(3)
@@ -59,12 +60,12 @@ if st.button("Backtest these rules", key="rules_backtest"):
         new_col.metric(
             "Edited rules: incidents",
             len(result.proposed.incidents),
-            len(result.proposed.incidents) - len(result.current.incidents),
+            f"{len(result.proposed.incidents) - len(result.current.incidents):+d}",
         )
         new_col.metric(
             "Edited rules: flags",
             len(result.proposed.flags),
-            len(result.proposed.flags) - len(result.current.flags),
+            f"{len(result.proposed.flags) - len(result.current.flags):+d}",
         )
         diff_col.metric("Only with the edit", len(result.only_proposed))
         diff_col.metric("Only with the live rules", len(result.only_current))
@@ -92,7 +93,7 @@ st.session_state["rules_allow_edited"] = allow
 with st.form(f"rules_save_{state.version}", clear_on_submit=True):
     st.text_input("Why (kept in the audit log)", key="rules_note", max_chars=500)
     st.form_submit_button(
-        f"Save as version {state.version + 1}",
+        f"Save as version {state.version + 1:d}",
         type="primary",
         on_click=save,
         args=(state.version,),

@@ -15,7 +15,7 @@ ROLES = ("support", "finance", "admin")
 def done(ok: bool, message: str) -> None:
     """A success survives the rerun that shows the changed table; an error shows here."""
     if not ok:
-        st.error(message)
+        widgets.error(message)
         return
     widgets.flash("users", message)
     st.rerun()
@@ -56,11 +56,11 @@ with st.form("users_add"):
     if st.form_submit_button("Add user"):
         ok, message, password = live.add_user(actor, new_name, new_role, display)
         if ok and password:
-            st.success(message)
+            widgets.success(message)
             st.write("One-time password (shown once; they must change it at first login):")
             st.code(password, language=None)
         else:
-            st.error(message)
+            widgets.error(message)
 
 st.subheader("Erase a person's data (erasure request)")
 st.caption(
@@ -83,4 +83,4 @@ with st.form("users_erase"):
         if ok:
             st.text(report)  # plain text: never markdown
         else:
-            st.error(report)
+            widgets.error(report)

@@ -58,7 +58,7 @@ with left:
     if signatures.empty:
         st.success("No rejected deliveries.")
     else:
-        st.dataframe(signatures, hide_index=True, key="wh_signatures")
+        widgets.rows(signatures, key="wh_signatures")
 with right:
     st.subheader("Processing failures")
     offset = widgets.page_offset("wh_failures", FAILURES_PAGE)
@@ -76,7 +76,7 @@ lag = data.webhook_lag(actor, period)
 if lag.empty:
     st.info("No events in this period.")
 else:
-    st.dataframe(lag, hide_index=True, key="wh_lag")
+    widgets.rows(lag, key="wh_lag")
 
 st.subheader("Oldest events still failing")
 failing = data.oldest_failing_events(actor, limit=20)

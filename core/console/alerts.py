@@ -44,6 +44,7 @@ from core.models import (
     utcnow,
 )
 from core.settings import Settings
+from core.text import slack
 
 log = logging.getLogger(__name__)
 
@@ -309,14 +310,17 @@ def post(
     backoff: float = BACKOFF,
     sleep: Callable[[float], None] = time.sleep,
 ) -> int:
-    """Post `{"text": text}`; retried on network errors and 5xx. Returns the tries used."""
+    """Post `{"text": text}`; retried on network errors and 5xx. Returns the tries used.
+
+    `text` is text: Slack's mrkdwn escapes (`&`, `<`, `>`) and bidi controls are applied here,
+    the one place an alert leaves, so no data in a message becomes a link or a mention."""
     own = client is None
     client = client or httpx.Client(timeout=POST_TIMEOUT, follow_redirects=False)
     problem = "no try made"
     try:
         for attempt in range(1, tries + 1):
             try:
-                response = client.post(url, json={"text": text})
+                response = client.post(url, json={"text": slack(text)})
             except httpx.HTTPError as exc:
                 problem = f"{type(exc).__name__}"
             else:

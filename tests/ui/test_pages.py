@@ -308,8 +308,10 @@ def everything(at: AppTest) -> str:
 
 
 def markdown(at: AppTest) -> str:
-    """The main area's markdown as read (escapes removed)."""
-    return re.sub(r"\\(.)", r"\1", "\n".join(str(m.value) for m in at.main.markdown))
+    """The main area's markdown as read (escapes and the word joiners that keep emails and URLs
+    from becoming links removed)."""
+    text = "\n".join(str(m.value) for m in at.main.markdown)
+    return re.sub(r"\\(.)", r"\1", text).replace("\u2060", "")
 
 
 def texts(at: AppTest) -> str:
@@ -324,7 +326,8 @@ def tables_with(at: AppTest, column: str) -> pd.DataFrame:
 
 
 def captions(at: AppTest) -> str:
-    return re.sub(r"\\(.)", r"\1", "\n".join(str(c.value) for c in at.main.caption))
+    text = "\n".join(str(c.value) for c in at.main.caption)
+    return re.sub(r"\\(.)", r"\1", text).replace("\u2060", "")
 
 
 def metrics(at: AppTest) -> dict[str, tuple[str, str]]:
