@@ -64,7 +64,7 @@ def _overview(url: str, start: datetime, end: datetime) -> payments.Overview:
 @shown
 def overview(actor: Actor, period: Period) -> tuple[payments.Overview, payments.Overview]:
     """The period's figures and those of the period before it."""
-    require(actor, "webhooks.view")
+    require(actor, "metrics.view")
     before = period.previous()
     return _overview(_url(), period.start, period.end), _overview(_url(), before.start, before.end)
 
@@ -93,7 +93,7 @@ def _payment_rates(url: str, start: datetime, end: datetime, grain: Grain) -> pd
 @shown
 def payment_rates(actor: Actor, period: Period, grain: Grain) -> pd.DataFrame:
     """Per bucket: attempts and rates counted raw, and per card (deduplicated by fingerprint)."""
-    require(actor, "webhooks.view")
+    require(actor, "metrics.view")
     return _payment_rates(_url(), period.start, period.end, grain)
 
 
@@ -105,7 +105,7 @@ def _decline_reasons(url: str, start: datetime, end: datetime) -> pd.DataFrame:
 
 @shown
 def decline_reasons(actor: Actor, period: Period) -> pd.DataFrame:
-    require(actor, "webhooks.view")
+    require(actor, "metrics.view")
     return _decline_reasons(_url(), period.start, period.end)
 
 
@@ -118,7 +118,7 @@ def _volume_by_currency(url: str, start: datetime, end: datetime, grain: Grain) 
 @shown
 def volume_by_currency(actor: Actor, period: Period, grain: Grain) -> pd.DataFrame:
     """Succeeded volume per bucket and currency, in integer minor units."""
-    require(actor, "webhooks.view")
+    require(actor, "metrics.view")
     return _volume_by_currency(_url(), period.start, period.end, grain)
 
 
@@ -234,7 +234,7 @@ def _recent_alerts(url: str, limit: int) -> pd.DataFrame:
 @shown
 def recent_alerts(actor: Actor, *, limit: int = 10) -> pd.DataFrame:
     """The latest alerts (new flags, decline and webhook spikes), newest first."""
-    require(actor, "webhooks.view")
+    require(actor, "metrics.view")
     frame = _recent_alerts(_url(), limit)
     if not _sees_full_emails(actor):
         frame = frame.assign(message=frame["message"].map(_mask_text))
@@ -252,7 +252,7 @@ def _deliveries_by_day(url: str, start: datetime, end: datetime) -> pd.DataFrame
 
 @shown
 def deliveries_by_day(actor: Actor, period: Period) -> pd.DataFrame:
-    require(actor, "webhooks.view")
+    require(actor, "metrics.view")
     return _deliveries_by_day(_url(), period.start, period.end)
 
 
@@ -264,7 +264,7 @@ def _retry_stats(url: str, start: datetime, end: datetime) -> RetryStats:
 
 @shown
 def retry_stats(actor: Actor, period: Period) -> RetryStats:
-    require(actor, "webhooks.view")
+    require(actor, "metrics.view")
     return _retry_stats(_url(), period.start, period.end)
 
 
@@ -276,7 +276,7 @@ def _signature_failures(url: str, start: datetime, end: datetime) -> pd.DataFram
 
 @shown
 def signature_failures(actor: Actor, period: Period) -> pd.DataFrame:
-    require(actor, "webhooks.view")
+    require(actor, "metrics.view")
     return _signature_failures(_url(), period.start, period.end)
 
 
@@ -301,7 +301,7 @@ def _processing_failures(
 @shown
 def processing_failures(actor: Actor, period: Period, *, limit: int, offset: int) -> TablePage:
     """Deliveries whose handler failed, newest first, one page at a time."""
-    require(actor, "webhooks.view")
+    require(actor, "metrics.view")
     page = _processing_failures(_url(), period.start, period.end, limit, offset)
     return _mask_column(actor, page, "error")
 
@@ -314,7 +314,7 @@ def _webhook_lag(url: str, start: datetime, end: datetime) -> pd.DataFrame:
 
 @shown
 def webhook_lag(actor: Actor, period: Period) -> pd.DataFrame:
-    require(actor, "webhooks.view")
+    require(actor, "metrics.view")
     return _webhook_lag(_url(), period.start, period.end)
 
 
@@ -330,7 +330,7 @@ def _oldest_failing_events(url: str, limit: int) -> TablePage:
 @shown
 def oldest_failing_events(actor: Actor, *, limit: int = 20) -> TablePage:
     """Events whose processing still fails, oldest first, and how many fail in all."""
-    require(actor, "webhooks.view")
+    require(actor, "metrics.view")
     return _mask_column(actor, _oldest_failing_events(_url(), limit), "last_error")
 
 

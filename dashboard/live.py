@@ -423,14 +423,14 @@ def _attempts_frame(rows: list[PaymentAttempt], actor: Actor) -> pd.DataFrame:
 
 @shown
 def flags(actor: Actor, status: str | None = "open") -> list[FlagView]:
-    require(actor, "reviews.review")
+    require(actor, "risk.review")
     with session_scope(get_engine(), write=False) as session:
         return [_view(f, actor) for f in reviews.list_flags(session, status)]
 
 
 @shown
 def detail(actor: Actor, flag_id: int) -> FlagDetail | None:
-    require(actor, "reviews.review")
+    require(actor, "risk.review")
     with session_scope(get_engine(), write=False) as session:
         flag = session.get(RiskFlag, flag_id)
         if flag is None:

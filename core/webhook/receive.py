@@ -12,7 +12,7 @@ import logging
 import time
 from collections.abc import Sequence
 from contextlib import nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -172,6 +172,9 @@ class Delivery:
     header: str | None
     remote_addr: str | None = None
     too_large: bool = False
+    # When it arrived; None: now, on ctx's clock. A replay (the demo) sets it: the delivery is
+    # then verified, recorded and applied at that time.
+    received_at: datetime | None = None
 
 
 def receive(
@@ -251,7 +254,9 @@ def receive_one(
     """One delivery inside the caller's transaction (see `receive_many`); `grouped` when the
     transaction holds others, whose writes a failure of this one must not roll back."""
     started = time.perf_counter()
-    received_at = ctx.now()
+    received_at = delivery.received_at or ctx.now()
+    if delivery.received_at is not None:
+        ctx = replace(ctx, clock=lambda: received_at)
 
     def row(**values: Any) -> dict[str, Any]:
         return {

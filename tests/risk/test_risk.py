@@ -296,7 +296,7 @@ def test_review_is_audited(engine: Engine, decision: reviews.Decision) -> None:
         assert (entry.actor, entry.role, entry.action, entry.target) == (
             "fiona",
             "finance",
-            f"reviews.flag_{flag.status}",
+            f"risk.flag_{flag.status}",
             f"risk_flag:{flag_id}",
         )
         assert entry.details["note"] == "Checked with the bank."
