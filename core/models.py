@@ -416,3 +416,18 @@ class AuditEntry(Base):
     idempotency_key: Mapped[str | None] = mapped_column(String(255))
     prev_hash: Mapped[str] = mapped_column(String(64))
     hash: Mapped[str] = mapped_column(String(64), unique=True)
+
+
+# --- Alert job schedule (issue 14b) ------------------------------------------------------------
+
+
+class JobRun(Base):
+    """When a periodic job (the alert job) last ran: one row per job, overwritten each run."""
+
+    __tablename__ = "job_runs"
+
+    job: Mapped[str] = mapped_column(String(64), primary_key=True)
+    started_at: Mapped[datetime]
+    finished_at: Mapped[datetime]
+    ok: Mapped[bool] = mapped_column(Boolean)
+    summary: Mapped[str] = mapped_column(Text)

@@ -69,6 +69,9 @@ class Settings(BaseSettings):
     burst_threshold: int = 4
     alert_webhook_url: str | None = None
     sentry_dsn: SecretStr | None = None
+    # How often `python -m core alerts` is meant to run; the Overview calls it overdue after
+    # twice this without a run.
+    alert_interval_minutes: int = Field(default=2, ge=1)
 
     @field_validator("stripe_webhook_secrets", mode="before")
     @classmethod
