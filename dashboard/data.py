@@ -79,7 +79,7 @@ def _is_demo(url: str) -> bool:
 @shown
 def is_demo(actor: Actor) -> bool:
     """Whether the database holds the generated demo (the Overview then says what it is)."""
-    require(actor, "webhooks.view")
+    require(actor, "metrics.view")
     return _is_demo(_url())
 
 
@@ -274,7 +274,7 @@ class AlertingStatus:
 @shown
 def alerting_status(actor: Actor) -> AlertingStatus:
     """When `python -m core alerts` last ran, judged against ALERT_INTERVAL_MINUTES."""
-    require(actor, "webhooks.view")
+    require(actor, "metrics.view")
     last = _last_alert_run(_url())
     interval = timedelta(minutes=get_settings().alert_interval_minutes)
     now = datetime.now(UTC)

@@ -27,6 +27,8 @@ PRESETS: dict[str, int] = {
 CUSTOM = "Custom dates"
 # A chart never draws more than this many buckets (aggregated in SQL, not in the browser).
 MAX_BUCKETS = 2_000
+# ... nor fewer than this: 24 hours by day would be two partial days joined by a line.
+MIN_BUCKETS = 3
 _HOURS_PER_GRAIN = {"hour": 1, "day": 24, "week": 24 * 7}
 T = TypeVar("T")
 # Rows per page of a paged table.
@@ -131,9 +133,12 @@ def _date_range(picked: object, today: date) -> tuple[date, date]:
 
 
 def grain_picker(period: Period, key: str) -> Grain:
-    """hour / day / week, refusing grains that would draw more than MAX_BUCKETS points."""
+    """hour / day / week, offering only grains that draw between MIN_BUCKETS and MAX_BUCKETS
+    points for the period (a 24-hour period is drawn by the hour)."""
     hours = max((period.end - period.start).total_seconds() / 3600, 1)
-    usable = [g for g in GRAINS if hours / _HOURS_PER_GRAIN[g] <= MAX_BUCKETS]
+    usable = [g for g in GRAINS if MIN_BUCKETS <= hours / _HOURS_PER_GRAIN[g] <= MAX_BUCKETS] or [
+        GRAINS[0]
+    ]
     default: Grain = "day" if "day" in usable and hours > 72 else usable[0]
     chosen = st.segmented_control(
         "Granularity", usable, default=default, key=f"{key}_grain", required=True
@@ -227,7 +232,8 @@ def bars(frame: pd.DataFrame, x: str, y: str, *, title: str, key: str, log_y: bo
     _layout(figure, title)
     figure.update_xaxes(type="category")
     if log_y:
-        figure.update_yaxes(type="log")
+        # Powers of ten only: a tick at every 2, 5 and 10 clutters a log axis.
+        figure.update_yaxes(type="log", dtick=1, tickformat=",d", minor={"showgrid": False})
     st.plotly_chart(figure, key=key)
 
 
