@@ -46,26 +46,31 @@ def money(amount: int | None, currency: str | None) -> str:
 _COMPACT = ((1_000_000_000, "B"), (1_000_000, "M"), (1_000, "K"))
 
 
-def money_compact(amount: int | None, currency: str | None) -> str:
+def money_compact(amount: int | None, currency: str | None, *, code: bool = True) -> str:
     """A headline amount short enough for a metric tile: 'EUR 147.3K', 'JPY 12.4M'; below ten
-    thousand the exact amount. Show `money` beside it (a tooltip) for the exact value."""
+    thousand the exact amount. Without `code` (a tile labelled with the currency): '147.3K'.
+    Show `money` beside it (a tooltip) for the exact value."""
     minor = int(amount or 0)
     if not currency:
         return money(minor, currency)
+    prefix = f"{currency.upper()} " if code else ""
     major = to_major(minor, currency)
     for size, suffix in _COMPACT:
         if abs(major) >= 10 * size or (size > 1_000 and abs(major) >= size):
-            return f"{currency.upper()} {major / size:,.1f}{suffix}"
-    return money(minor, currency)
+            return f"{prefix}{major / size:,.1f}{suffix}"
+    exact = money(minor, currency)
+    return exact if code else exact.split(" ", 1)[1]
 
 
-def money_delta_compact(current: int, previous: int, currency: str) -> str | None:
+def money_delta_compact(
+    current: int, previous: int, currency: str, *, code: bool = True
+) -> str | None:
     """`money_delta` in compact notation, for metric tiles."""
     diff = current - previous
     if diff == 0 and previous == 0:
         return None
     sign = "+" if diff >= 0 else "-"
-    text = f"{sign}{money_compact(abs(diff), currency)}"
+    text = f"{sign}{money_compact(abs(diff), currency, code=code)}"
     return f"{text} ({diff / previous:+.1%})" if previous else text
 
 

@@ -26,11 +26,12 @@ if not currencies:
 for column, currency in widgets.grid(currencies, per_row=4):
     current = now.volume_by_currency.get(currency, 0)
     previous = before.volume_by_currency.get(currency, 0)
-    # Compact figures always fit the tile; the exact amounts are in the tooltip.
+    # Compact figures, the tile labelled with the currency, always fit (checked at 1280 px);
+    # the exact amounts are in the tooltip.
     column.metric(
         currency.upper(),
-        widgets.money_compact(current, currency),
-        widgets.money_delta_compact(current, previous, currency),
+        widgets.money_compact(current, currency, code=False),
+        widgets.money_delta_compact(current, previous, currency, code=False),
         border=True,
         help=f"{widgets.money(current, currency)} (previous period: "
         f"{widgets.money(previous, currency)})",
