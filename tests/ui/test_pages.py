@@ -875,3 +875,30 @@ def test_overview_says_when_alerting_last_ran(shop: tuple[str, Facts]) -> None:
     at.run()
     assert not at.main.warning
     assert "Alerting last ran" in captions(at)
+
+
+def test_retries_chart_ticks_only_powers_of_ten(shop: tuple[str, Facts]) -> None:
+    """Issue 14: the retries chart's log ticks were cluttered (a tick at every 2 and 5)."""
+    at = app_as("finance", shop[0], page="pages/webhooks.py")
+    logs = [s for s in chart_specs(at) if s["layout"].get("yaxis", {}).get("type") == "log"]
+    assert logs and all(s["layout"]["yaxis"]["dtick"] == 1 for s in logs)
+
+
+def test_decline_reasons_chart_speaks_stripes_words_escaped(shop: tuple[str, Facts]) -> None:
+    """Issue 14: decline codes in Stripe's words on the chart (untrusted codes escaped, since
+    Plotly renders some HTML in labels)."""
+    url, facts = shop
+    odd = so.charge(
+        payment_intent=so.unique("pi"), succeeded=False, amount=500, currency="usd",
+        fingerprint="fpOddCode0000001", last4="0002", decline_code="<b>odd</b>",
+        created=int((facts.day + timedelta(hours=9)).timestamp()), email=LATE,
+    )  # fmt: skip
+    Shop(make_engine(url), datetime.now(UTC)).deliver(
+        "charge.failed", odd, facts.day + timedelta(hours=9)
+    )
+    at = app_as("finance", url, page="pages/payments.py")
+    choose(at, "payments_period", "Last 7 days")
+    reasons = next(s for s in chart_specs(at) if _axis_title(s, "xaxis") == "Declined attempts")
+    labels = list(reasons["data"][0]["y"])
+    assert "The card has insufficient funds (insufficient_funds)" in labels
+    assert "&lt;b&gt;odd&lt;/b&gt;" in labels and "<b>odd</b>" not in labels
