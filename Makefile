@@ -8,6 +8,8 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 RECEIVER_PORT ?= 8000
 DASHBOARD_PORT ?= 8501
 STANDIN_PORT ?= 12111
+# The demo runs the alert job beside the receiver and dashboard (cron's job in production).
+ALERT_EVERY_S ?= 60
 
 # Embedded demo defaults; a .env file or the environment overrides each of them.
 export DATABASE_URL ?= sqlite:///data/payments.db
@@ -61,6 +63,8 @@ run: venv migrate
 	fi; \
 	$(BIN)/python -m receiver --host 127.0.0.1 --port $(RECEIVER_PORT) --log-level warning & \
 	$(BIN)/streamlit run dashboard/app.py --server.address 127.0.0.1 --server.port $(DASHBOARD_PORT) & \
+	echo "alerts:    python -m core alerts every $(ALERT_EVERY_S) s (what cron does in production)"; \
+	while true; do $(BIN)/python -m core alerts >/dev/null; sleep $(ALERT_EVERY_S); done & \
 	wait
 
 lint: venv

@@ -515,3 +515,18 @@ class Job(Base):
     done: Mapped[int] = mapped_column(default=0)
     total: Mapped[int | None] = mapped_column()
     result: Mapped[list[str] | None] = mapped_column(JSON)
+
+
+# --- Alert job schedule (issue 14b) ------------------------------------------------------------
+
+
+class JobRun(Base):
+    """When a periodic job (the alert job) last ran: one row per job, overwritten each run."""
+
+    __tablename__ = "job_runs"
+
+    job: Mapped[str] = mapped_column(String(64), primary_key=True)
+    started_at: Mapped[datetime]
+    finished_at: Mapped[datetime]
+    ok: Mapped[bool] = mapped_column(Boolean)
+    summary: Mapped[str] = mapped_column(Text)

@@ -87,6 +87,10 @@ class Settings(BaseSettings):
     # empty: the address of the connection itself (see README "Logging in").
     login_client_header: str = ""
 
+    # How often `python -m core alerts` is meant to run; the Overview calls it overdue after
+    # twice this without a run.
+    alert_interval_minutes: int = Field(default=2, ge=1)
+
     @field_validator("stripe_webhook_secrets", mode="before")
     @classmethod
     def _split_secrets(cls, value: object) -> object:

@@ -13,7 +13,7 @@ import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pandas as pd
@@ -31,6 +31,7 @@ from core.console.webhooks import RetryStats
 from core.db import get_engine, session_scope
 from core.settings import get_settings
 from dashboard.guard import shown
+from demo.generator import has_demo_data
 
 # Aggregates a minute old are fine for trends; a lookup should show what just happened.
 METRICS_TTL_S = 60
@@ -68,6 +69,19 @@ def overview(actor: Actor, period: Period) -> tuple[payments.Overview, payments.
     require(actor, "metrics.view")
     before = period.previous()
     return _overview(_url(), period.start, period.end), _overview(_url(), before.start, before.end)
+
+
+@st.cache_data(ttl=METRICS_TTL_S, max_entries=CACHE_ENTRIES, show_spinner=False)
+def _is_demo(url: str) -> bool:
+    with _read(url) as session:
+        return has_demo_data(session)
+
+
+@shown
+def is_demo(actor: Actor) -> bool:
+    """Whether the database holds the generated demo (the Overview then says what it is)."""
+    require(actor, "metrics.view")
+    return _is_demo(_url())
 
 
 # --- Payments ----------------------------------------------------------------------------------
@@ -315,6 +329,32 @@ def recent_alerts(actor: Actor, *, limit: int = 10) -> pd.DataFrame:
     if not _sees_full_emails(actor):
         frame = frame.assign(message=frame["message"].map(_mask_text))
     return frame
+
+
+@st.cache_data(ttl=LOOKUP_TTL_S, max_entries=CACHE_ENTRIES, show_spinner=False)
+def _last_alert_run(url: str) -> alerts.LastRun | None:
+    with _read(url) as session:
+        return alerts.last_run(session)
+
+
+@dataclass(frozen=True)
+class AlertingStatus:
+    """Whether the alert job runs: its last run (None: never) and whether it is overdue."""
+
+    last: alerts.LastRun | None
+    overdue: bool
+    interval: timedelta
+    now: datetime
+
+
+@shown
+def alerting_status(actor: Actor) -> AlertingStatus:
+    """When `python -m core alerts` last ran, judged against ALERT_INTERVAL_MINUTES."""
+    require(actor, "metrics.view")
+    last = _last_alert_run(_url())
+    interval = timedelta(minutes=get_settings().alert_interval_minutes)
+    now = datetime.now(UTC)
+    return AlertingStatus(last, alerts.is_overdue(last, now, interval), interval, now)
 
 
 # --- Webhooks ----------------------------------------------------------------------------------

@@ -5,13 +5,17 @@ webhook deliveries (Checkout Sessions completed or expired, charges succeeded an
 a realistic mix of decline codes, refunds, disputes), with the trouble an operations console
 exists for: deliveries repeated by Stripe, a secret rotation that briefly broke signatures,
 scanners probing the endpoint, a fulfilment service that went down for a while (and orders it
-never managed to fulfil), card-testing attacks from one IP and cards retried in bursts.
+never managed to fulfil), and a few attacks spread over the period: card testing from one IP,
+an account attack (many cards tried on one customer account), a promotion-code abuse and a
+card retried again and again.
 
-`run` plays the deliveries in time order through the receiver's own path
-(`core.webhook.receive.receive_one`: verification, the event row, the handler, the delivery
-row) with the deployment's own handler context. Like the receiver's group commit it writes many
-deliveries per transaction, each event in its own savepoint, which leaves the same rows as one
-transaction per delivery would.
+Ordinary shoppers succeed on about 88% of attempts (Stripe reports 85 to 95% per attempt for
+card payments); attacks are mostly declined, so a period with an attack reads a little lower.
+
+`run` plays the deliveries in time order through the receiver's own group commit
+(`core.webhook.receive.receive_many`: verification, the event row, the handler, the delivery
+row, many deliveries per transaction, each event in its own savepoint) with the deployment's
+own handler context, each delivery received at its planned time.
 """
 
 from __future__ import annotations
@@ -117,12 +121,17 @@ FIRST_NAMES = (
 DOMAINS = ("example.com", "example.org", "example.net", "mail.example", "shop.example")
 
 PAID_SHARE = 0.76  # the rest of the sessions are abandoned and expire after 24 hours
-REFUND_SHARE = 0.035
-DISPUTE_SHARE = 0.006
+# Declined attempts before paying: most shoppers pay at the first try (~88% per attempt).
+PAID_FAILURES = {0: 93.0, 1: 5.0, 2: 1.5, 3: 0.5}
+ABANDONED_WITH_ATTEMPTS = 0.12  # most abandoned sessions never reach a payment attempt
+REFUND_SHARE = 0.035  # of paid orders: a few percent, as for most online shops
+DISPUTE_SHARE = 0.003  # well under the card networks' 0.9% monitoring threshold
 DUPLICATE_SHARE = 0.025  # deliveries Stripe repeats (it did not see our answer in time)
 POISON_SHARE = 0.0012  # paid orders the fulfilment service keeps refusing
 RETRY_DELAYS = (timedelta(minutes=5), timedelta(minutes=35), timedelta(hours=2), timedelta(hours=7))
-ATTEMPTS_PER_ORDER = 3  # the promise: at least this many payment attempts per order
+# Attacks in a full demo (about 220 sessions a day); smaller demos get smaller attacks.
+ATTACK_TRAFFIC = 200  # sessions a day at which attacks have their full size
+ABUSED_PROMOTION_CODE = "promo_welcome"  # the 50% code leaked on a coupon forum
 
 
 class FulfilmentUnavailable(Exception):
@@ -479,9 +488,10 @@ class _Planner:
         paid = role is not None or rng.random() < PAID_SHARE
         # Failed attempts before paying (or giving up): retries spaced so that an ordinary
         # customer stays under the burst rules (at most 3 failures in an hour).
-        failures = rng.choices((0, 1, 2, 3, 4, 5, 6), (28, 18, 16, 14, 10, 8, 6))[0]
-        if not paid:
-            failures = max(1, failures)
+        if paid:
+            failures = rng.choices(list(PAID_FAILURES), list(PAID_FAILURES.values()))[0]
+        else:
+            failures = rng.choice((1, 1, 1, 2)) if rng.random() < ABANDONED_WITH_ATTEMPTS else 0
         if promo:
             # Hundreds of shoppers share a code: ordinary retries on it would look like a burst
             # on the code every hour. Keep the risk queue to real stories.
@@ -598,38 +608,51 @@ class _Planner:
 
     # Attacks and noise
 
-    def card_testing(self, attempts: int) -> None:
+    def attack_time(self, slot: int, slots: int) -> datetime:
+        """A time in the `slot`-th of `slots` equal parts of the window: attacks spread out."""
+        fraction = (slot + self.rng.uniform(0.15, 0.85)) / slots
+        return self.start + (self.now - self.start) * fraction
+
+    def card_testing(self, attempts: int, at: datetime) -> None:
         """Many stolen cards tried from one IP within minutes: mostly declined."""
         rng = self.rng
         attacker = self.customers(1)[0]
         attacker.ip = _ip(rng)
-        at = self.session_time()
         pi = self.ids("pi")
         for _ in range(attempts):
             card = _card(rng, self.ids)
-            decline = rng.choices(
-                (
-                    None,
-                    "generic_decline",
-                    "incorrect_number",
-                    "incorrect_cvc",
-                    "fraudulent",
-                    "card_velocity_exceeded",
-                    "stolen_card",
-                    "lost_card",
-                ),
-                (2, 40, 18, 14, 10, 8, 4, 4),
-            )[0]
-            self._attempt(pi, attacker, card, 100, "usd", at, None, decline, ip=attacker.ip)
+            self._attempt(
+                pi, attacker, card, 100, "usd", at, None, _tester_decline(rng), ip=attacker.ip
+            )
             at += timedelta(seconds=rng.uniform(2, 25))
 
-    def card_burst(self, customer: Customer) -> None:
+    def account_attack(self, victim: Customer, attempts: int, at: datetime) -> None:
+        """A taken-over customer account: many stolen cards tried on it from rotating IPs."""
+        rng = self.rng
+        pi = self.ids("pi")
+        for _ in range(attempts):
+            card = _card(rng, self.ids)
+            decline = _tester_decline(rng)
+            self._attempt(pi, victim, card, 4900, "eur", at, None, decline, ip=_ip(rng))
+            at += timedelta(seconds=rng.uniform(20, 120))
+
+    def promotion_abuse(self, attempts: int, at: datetime) -> None:
+        """A leaked code used by throwaway accounts, each with a card or two: many declined."""
+        rng = self.rng
+        code = ABUSED_PROMOTION_CODE
+        amount = 9900 * (100 - PROMOTION_CODES[code]) // 100
+        for abuser in self.customers(attempts):
+            pi = self.ids("pi")
+            decline = None if rng.random() < 0.25 else _tester_decline(rng, succeed=0)
+            self._attempt(pi, abuser, abuser.cards[0], amount, "usd", at, code, decline)
+            at += timedelta(seconds=rng.uniform(30, 300))
+
+    def card_burst(self, customer: Customer, attempts: int, at: datetime) -> None:
         """One card retried again and again in a few minutes."""
         rng = self.rng
-        at = self.session_time()
         pi = self.ids("pi")
         card = customer.cards[0]
-        for _ in range(rng.randint(12, 30)):
+        for _ in range(attempts):
             decline = rng.choice(("insufficient_funds", "card_velocity_exceeded", "do_not_honor"))
             self._attempt(pi, customer, card, 4900, "usd", at, None, decline)
             at += timedelta(seconds=rng.uniform(5, 40))
@@ -666,17 +689,48 @@ def plan(orders: int, days: int, seed: int, now: datetime) -> Plan:
     roles = dict(zip(picks, labels, strict=False))
     for index in range(sessions):
         planner.checkout(rng.choice(customers), roles.get(index))
-    for _ in range(max(1, days // 25)):
-        planner.card_testing(rng.randint(60, 160))
-    for _ in range(max(1, days // 30)):
-        planner.card_burst(rng.choice(customers))
-    # Card testers keep coming: top up to the promised number of attempts.
-    while planner.attempts < ATTEMPTS_PER_ORDER * orders:
-        planner.card_testing(min(400, ATTEMPTS_PER_ORDER * orders - planner.attempts + 10))
+    _attacks(planner, customers, sessions / days)
     planner.scanners(max(5, sessions // 200))
     deliveries = sorted(planner.deliveries)
     incidents = Incidents(planner.outages, frozenset(planner.poison), planner.rotation)
     return Plan(deliveries, incidents, sessions, planner.attempts)
+
+
+def _attacks(planner: _Planner, customers: list[Customer], per_day: float) -> None:
+    """A few attacks of each kind, in random order, spread evenly over the window: about one
+    every eight days, each sized to the shop's traffic so that it shows without drowning it."""
+    rng, days = planner.rng, planner.days
+    kinds = (
+        ["card_testing"] * max(2, days // 20)
+        + ["account_attack"] * max(1, days // 30)
+        + ["promotion_abuse"] * max(1, days // 60)
+        + ["card_burst"] * max(1, days // 30)
+    )
+    rng.shuffle(kinds)
+    scale = min(1.0, per_day / ATTACK_TRAFFIC)
+
+    def size(low: int, high: int) -> int:
+        return max(8, round(rng.randint(low, high) * scale))
+
+    for slot, kind in enumerate(kinds):
+        at = planner.attack_time(slot, len(kinds))
+        if kind == "card_testing":
+            planner.card_testing(size(50, 120), at)
+        elif kind == "account_attack":
+            planner.account_attack(rng.choice(customers), size(20, 40), at)
+        elif kind == "promotion_abuse":
+            planner.promotion_abuse(size(15, 30), at)
+        else:
+            planner.card_burst(rng.choice(customers), size(12, 30), at)
+
+
+def _tester_decline(rng: random.Random, succeed: int = 2) -> str | None:
+    """What a stolen or made-up card gets: mostly declined, now and then through."""
+    return rng.choices(
+        (None, "generic_decline", "incorrect_number", "incorrect_cvc", "fraudulent",
+         "card_velocity_exceeded", "stolen_card", "lost_card"),
+        (succeed, 40, 18, 14, 10, 8, 4, 4),
+    )[0]  # fmt: skip
 
 
 # --- Playing the plan through the webhook path ---------------------------------------------------
@@ -742,9 +796,11 @@ def _request(delivery: Delivery, secret: str, tolerance: int) -> tuple[bytes, st
 
 
 class _Player:
-    """Plays deliveries through the receiver's own path (`core.webhook.receive.receive_one`), many
-    per transaction as the receiver's group commit does: each event in its own savepoint, a
-    handler error rolling back that event alone and recorded as the receiver records it."""
+    """Plays deliveries through the receiver's own group commit
+    (`core.webhook.receive.receive_many`), `batch` per call, each delivery received at its
+    planned time. The simulated fulfilment service reads the demo clock, set once per group:
+    groups never straddle the start or end of an outage, so the whole group sees the service
+    as it was at each of its deliveries."""
 
     def __init__(
         self,
@@ -753,6 +809,7 @@ class _Player:
         clock: _Clock,
         secrets: Sequence[str],
         tolerance: int,
+        incidents: Incidents,
     ) -> None:
         self.engine = engine
         self.ctx = ctx
@@ -760,23 +817,40 @@ class _Player:
         self.secrets = list(secrets)  # every configured secret verifies (rotation)
         self.secret = self.secrets[0]  # Stripe signs with the current one
         self.tolerance = tolerance
+        self.cuts = sorted({edge for outage in incidents.outages for edge in outage})
         self.outcomes: dict[str, int] = {}
 
+    def groups(self, deliveries: list[Delivery], batch: int) -> Iterator[list[Delivery]]:
+        """Runs of at most `batch` deliveries, cut at every outage edge."""
+        group: list[Delivery] = []
+        cuts = iter(self.cuts)
+        cut = next(cuts, None)
+        for delivery in deliveries:
+            crossed = False
+            while cut is not None and delivery.at >= cut:
+                crossed, cut = True, next(cuts, None)
+            if group and (crossed or len(group) >= batch):
+                yield group
+                group = []
+            group.append(delivery)
+        if group:
+            yield group
+
     def play(self, deliveries: list[Delivery], batch: int) -> None:
-        for start in range(0, len(deliveries), batch):
-            with session_scope(self.engine) as session:
-                for delivery in deliveries[start : start + batch]:
-                    body, header = _request(delivery, self.secret, self.tolerance)
-                    self.clock.now = delivery.at  # received (and processed) at its own time
-                    outcome = receive.receive_one(
-                        session,
-                        receive.Delivery(body, header, delivery.remote_addr),
-                        self.secrets,
-                        self.tolerance,
-                        self.ctx,
-                    )
-                    stored = "failed" if outcome.result == "error" else outcome.result
-                    self.outcomes[stored] = self.outcomes.get(stored, 0) + 1
+        for group in self.groups(deliveries, batch):
+            requests = []
+            for delivery in group:
+                body, header = _request(delivery, self.secret, self.tolerance)
+                requests.append(
+                    receive.Delivery(body, header, delivery.remote_addr, False, delivery.at)
+                )
+            self.clock.now = group[0].at
+            outcomes = receive.receive_many(
+                self.engine, requests, secrets=self.secrets, tolerance=self.tolerance, ctx=self.ctx
+            )
+            for outcome in outcomes:
+                stored = "failed" if outcome.result == "error" else outcome.result
+                self.outcomes[stored] = self.outcomes.get(stored, 0) + 1
 
 
 def demo_context(base: Context, incidents: Incidents, clock: Callable[[], datetime]) -> Context:
@@ -832,9 +906,8 @@ def run(
             f"in {time.perf_counter() - started:.1f} s"
         )
     clock = _Clock(now - timedelta(days=days))
-    player = _Player(
-        engine, demo_context(base, the_plan.incidents, clock), clock, secrets, tolerance
-    )
+    ctx = demo_context(base, the_plan.incidents, clock)
+    player = _Player(engine, ctx, clock, secrets, tolerance, the_plan.incidents)
     player.play(the_plan.deliveries, batch)
     if progress:
         progress(f"recorded through the webhook path in {time.perf_counter() - started:.1f} s")

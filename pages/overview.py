@@ -16,6 +16,8 @@ st.caption(
     f"{widgets.period_label(period)} compared with {widgets.period_label(period.previous())} (UTC)"
 )
 now, before = data.overview(actor, period)
+if data.is_demo(actor):
+    st.info(widgets.DEMO_NOTE, icon=":material/science:")
 
 st.subheader("Payment volume")
 currencies = sorted(set(now.volume_by_currency) | set(before.volume_by_currency))
@@ -24,11 +26,15 @@ if not currencies:
 for column, currency in widgets.grid(currencies, per_row=4):
     current = now.volume_by_currency.get(currency, 0)
     previous = before.volume_by_currency.get(currency, 0)
+    # Compact figures, the tile labelled with the currency, always fit (checked at 1280 px);
+    # the exact amounts are in the tooltip.
     column.metric(
         widgets.md("{}", currency.upper()),
-        widgets.money(current, currency),
-        widgets.money_delta(current, previous, currency),
+        widgets.money_compact(current, currency, code=False),
+        widgets.money_delta_compact(current, previous, currency, code=False),
         border=True,
+        help=f"{widgets.money(current, currency)} (previous period: "
+        f"{widgets.money(previous, currency)})",
     )
 
 st.subheader("Payments")
@@ -82,17 +88,19 @@ failures.metric(
     delta_color="inverse",
     help="Deliveries rejected or failed in processing.",
 )
+# As of now, whatever the period: a change against "the previous period" would mean nothing.
 unfulfilled.metric(
     "Paid, not fulfilled",
     f"{now.paid_not_fulfilled:,}",
-    widgets.count_delta(now.paid_not_fulfilled, before.paid_not_fulfilled),
-    delta_color="inverse",
+    help="As of now, not for the period.",
 )
-risk.metric("Open risk flags", f"{now.open_risk_flags:,}")
+risk.metric("Open risk flags", f"{now.open_risk_flags:,}", help="As of now, not for the period.")
 
 st.subheader("Recent alerts")
+alerting = data.alerting_status(actor)
+widgets.alerting_status(alerting.last, alerting.overdue, alerting.interval, alerting.now)
 recent = data.recent_alerts(actor)
 if recent.empty:
-    st.info("No alerts raised.")
+    st.info("No alerts raised." if not alerting.overdue else "No alerts recorded.")
 else:
     widgets.rows(recent, key="overview_alerts")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from dashboard import data, widgets
+from dashboard import charts, data, exports, widgets
 from dashboard.auth import require
 
 actor = require("metrics.view")
@@ -13,7 +13,9 @@ st.set_page_config(layout="wide")  # tables and per-currency figures need the wi
 st.title("Payments")
 period = widgets.period_picker("payments")
 grain = widgets.grain_picker(period, "payments")
-st.caption(widgets.md("{} (UTC), by {}", widgets.period_label(period), grain))
+st.caption(
+    widgets.md("{} (UTC), by {}. {}", widgets.period_label(period), grain, charts.PARTIAL_NOTE)
+)
 
 st.subheader("Success and decline rates")
 st.caption(
@@ -25,23 +27,27 @@ rates = data.payment_rates(actor, period, grain)
 if rates.empty:
     st.info("No payment attempts in this period.")
 else:
-    widgets.line_chart(
+    charts.rates(
         rates,
-        "bucket",
         {
             "success_rate": "Success (all attempts)",
             "success_rate_per_card": "Success (per card)",
             "decline_rate": "Decline (all attempts)",
             "decline_rate_per_card": "Decline (per card)",
         },
+        period=period,
+        grain=grain,
         title="Rates",
-        percent_axis=True,
         key="payments_rates_chart",
     )
+    shown_rates = exports.rates(rates, period, grain)
     with st.expander("Rates as a table"):
-        widgets.table(rates, key="payments_rates_table")
+        widgets.table(shown_rates, key="payments_rates_table")
     widgets.csv_download(
-        rates, f"payment-rates-{grain}.csv", label="Download rates (CSV)", key="payments_rates_csv"
+        shown_rates,
+        f"payment-rates-{grain}.csv",
+        label="Download rates (CSV)",
+        key="payments_rates_csv",
     )
 
 st.subheader("Decline reasons")
@@ -49,33 +55,31 @@ reasons = data.decline_reasons(actor, period)
 if reasons.empty:
     st.info("No declines in this period.")
 else:
-    widgets.bars(
-        reasons,
-        "decline_code",
-        "failures",
-        title="Declines by reason",
-        key="payments_reasons_chart",
-    )
-    widgets.table(reasons, key="payments_reasons_table")
+    charts.decline_reasons(reasons, title="Declines by reason", key="payments_reasons_chart")
+    shown_reasons = exports.reasons(reasons)
+    widgets.table(shown_reasons, key="payments_reasons_table")
     widgets.csv_download(
-        reasons,
+        shown_reasons,
         "decline-reasons.csv",
         label="Download decline reasons (CSV)",
         key="payments_reasons_csv",
     )
 
 st.subheader("Volume by currency")
-st.caption("Successful payments only; each currency on its own, never added across currencies.")
+st.caption(
+    "Successful payments only; one chart per currency, in its own units (never added across "
+    "currencies). Hover a bar for the exact amount."
+)
 volume = data.volume_by_currency(actor, period, grain)
 if volume.empty:
     st.info("No successful payments in this period.")
 else:
-    widgets.currency_lines(volume, title="Volume", key="payments_volume_chart")
-    shown = widgets.money_table(volume)
+    charts.volume_per_currency(volume, period=period, grain=grain, key="payments_volume_chart")
+    shown_volume = exports.volume(volume, period, grain)
     with st.expander("Volumes as a table"):
-        widgets.table(shown, key="payments_volume_table")
+        widgets.table(shown_volume, key="payments_volume_table")
     widgets.csv_download(
-        shown.assign(amount_minor_units=volume["amount"]),
+        shown_volume,
         f"volume-by-currency-{grain}.csv",
         label="Download volumes (CSV)",
         key="payments_volume_csv",

@@ -35,7 +35,7 @@ def run(args: argparse.Namespace) -> int:
         return 2
     secrets = settings.webhook_secrets
     # Burst detection runs once at the end over the whole period (the same flags as the
-    # per-attempt hook stores, computed in one pass) rather than after each of 60,000 attempts.
+    # per-attempt hook stores, computed in one pass) rather than after each of some 18,000 attempts.
     context = dataclasses.replace(webhook_context(settings), on_attempt=())
     # The simulated outages and bursts would log a line each, as they do in production; here
     # they are planned, and the summary below counts them.

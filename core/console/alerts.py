@@ -36,6 +36,7 @@ from core.auth.permissions import SYSTEM
 from core.db import insert_ignore, session_scope
 from core.models import (
     Alert,
+    JobRun,
     PaymentAttempt,
     RiskFlag,
     RiskIncident,
@@ -431,12 +432,54 @@ def run(
     client: httpx.Client | None = None,
     sleep: Callable[[float], None] = time.sleep,
 ) -> Report:
-    """Raise what fires, then deliver what is pending. Never called on the webhook path."""
-    with session_scope(engine) as session:
-        raised = raise_alerts(session, now, settings.dashboard_url or "")
-    report = deliver(engine, settings.alert_webhook_url, now=now, client=client, sleep=sleep)
+    """Raise what fires, then deliver what is pending; record that the job ran (`job_runs`),
+    failed or not, so the Overview can tell a quiet system from one where alerting is not
+    running. Never called on the webhook path."""
+    started = now or utcnow()
+    try:
+        with session_scope(engine) as session:
+            raised = raise_alerts(session, now, settings.dashboard_url or "")
+        report = deliver(engine, settings.alert_webhook_url, now=now, client=client, sleep=sleep)
+    except Exception as exc:
+        _record_run(engine, started, now, ok=False, summary=f"failed: {type(exc).__name__}")
+        raise
     report.raised = [f.condition for f in raised]
+    _record_run(engine, started, now, ok=not report.failed, summary=report.describe())
     return report
+
+
+# --- When the job last ran ----------------------------------------------------------------------
+
+ALERT_JOB = "alerts"
+
+
+def _record_run(
+    engine: Engine, started: datetime, now: datetime | None, *, ok: bool, summary: str
+) -> None:
+    values = {"started_at": started, "finished_at": now or utcnow(), "ok": ok, "summary": summary}
+    with session_scope(engine) as session:
+        if not insert_ignore(session, JobRun, {"job": ALERT_JOB, **values}, ["job"]):
+            session.execute(update(JobRun).where(JobRun.job == ALERT_JOB).values(**values))
+
+
+@dataclass(frozen=True)
+class LastRun:
+    """The alert job's latest run: when it ended, whether it went through, what it did."""
+
+    finished_at: datetime
+    ok: bool
+    summary: str
+
+
+def last_run(session: Session) -> LastRun | None:
+    """The alert job's latest run, or None if it never ran against this database."""
+    row = session.get(JobRun, ALERT_JOB)
+    return None if row is None else LastRun(row.finished_at, row.ok, row.summary)
+
+
+def is_overdue(last: LastRun | None, now: datetime, interval: timedelta) -> bool:
+    """Whether alerting has missed its schedule: never ran, or no run for twice `interval`."""
+    return last is None or now - last.finished_at > 2 * interval
 
 
 def recent_alerts(session: Session, limit: int = 20) -> list[Alert]:

@@ -138,3 +138,18 @@ def _succeeded_amount() -> ColumnElement[int]:
 
 
 _LAST4 = re.compile(r"^\d{4}$")
+
+
+# --- Partial buckets (issue 14) ------------------------------------------------------------------
+
+GRAIN_LENGTH: dict[Grain, timedelta] = {
+    "hour": timedelta(hours=1),
+    "day": timedelta(days=1),
+    "week": timedelta(weeks=1),
+}
+
+
+def is_partial(bucket_start: datetime, grain: Grain, period: Period) -> bool:
+    """Whether the hour/day/week starting at `bucket_start` lies only partly inside `period`
+    (its first and last buckets, usually): its counts cover less time than the others'."""
+    return bucket_start < period.start or bucket_start + GRAIN_LENGTH[grain] > period.end

@@ -22,7 +22,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -175,6 +175,9 @@ class Delivery:
     header: str | None
     remote_addr: str | None = None
     too_large: bool = False
+    # When it arrived; None: now, on ctx's clock. A replay (the demo) sets it: the delivery is
+    # then verified, recorded and applied at that time.
+    received_at: datetime | None = None
 
 
 def receive(
@@ -252,7 +255,9 @@ def receive_one(
     own: whatever it does, the caller's other writes stand. Raises only when the database is
     unavailable."""
     started = time.perf_counter()
-    received_at = ctx.now()
+    received_at = delivery.received_at or ctx.now()
+    if delivery.received_at is not None:
+        ctx = replace(ctx, clock=lambda: received_at)
 
     def row(**values: Any) -> dict[str, Any]:
         return {

@@ -6,7 +6,7 @@ user's failures instead of waiting. Both columns are nullable: rows written befo
 revision have no client and were never cleared.
 
 Revision ID: 0004
-Revises: 0002
+Revises: 0003
 Create Date: 2026-12-05 09:30:00.000000
 """
 
@@ -19,7 +19,7 @@ import core.models
 
 
 revision: str = "0004"
-down_revision: str | None = "0002"
+down_revision: str | None = "0003"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

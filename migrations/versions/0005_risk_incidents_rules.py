@@ -6,7 +6,7 @@ rules (thresholds and windows per entity kind and pattern, the allow list); the 
 is live, and none means the defaults seeded from BURST_WINDOW_MINUTES / BURST_THRESHOLD.
 
 Revision ID: 0005
-Revises: 0002
+Revises: 0004
 Create Date: 2026-12-05 09:30:00.000000
 """
 
@@ -19,7 +19,7 @@ import core.models
 
 
 revision: str = '0005'
-down_revision: str | None = '0002'
+down_revision: str | None = "0004"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

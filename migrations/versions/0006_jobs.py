@@ -1,7 +1,7 @@
 """jobs: the lock and progress of long operator jobs (reconciliation), one row per job name
 
 Revision ID: 0006
-Revises: 0002
+Revises: 0005
 Create Date: 2026-12-05 10:00:00.000000
 """
 
@@ -14,7 +14,7 @@ import core.models
 
 
 revision: str = '0006'
-down_revision: str | None = '0002'
+down_revision: str | None = "0005"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

@@ -1,7 +1,7 @@
 """receiver_heartbeats: the row /healthz rewrites to prove the database takes a write
 
 Revision ID: 0008
-Revises: 0002
+Revises: 0007
 Create Date: 2026-12-05 09:45:00.000000
 """
 
@@ -13,7 +13,7 @@ from alembic import op
 import core.models
 
 revision: str = "0008"
-down_revision: str | None = "0002"
+down_revision: str | None = "0007"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

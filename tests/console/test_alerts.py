@@ -17,7 +17,7 @@ from werkzeug import Request, Response
 from core.__main__ import main as cli
 from core.console import alerts
 from core.console.alerts import Rate
-from core.db import session_scope
+from core.db import make_engine, session_scope
 from core.models import (
     Alert,
     AuditEntry,
@@ -357,3 +357,50 @@ def test_alerts_command(
     assert cli(["alerts", "check"]) == 0
     assert "0 alerts raised" in capsys.readouterr().out
     assert len(httpserver.log) == 1
+
+
+# --- When alerting last ran (issue 14) -----------------------------------------------------------
+
+
+def test_each_run_records_when_alerting_last_ran(engine: Engine) -> None:
+    """Issue 14: "No alerts raised" was shown while alerting was not running at all. Every run
+    of the alert job records when it ran; none recorded means it never ran."""
+    with session_scope(engine, write=False) as session:
+        assert alerts.last_run(session) is None
+    settings = load_settings(alert_webhook_url=None)
+    first = datetime(2026, 12, 5, 9, 0, tzinfo=UTC)
+    alerts.run(engine, settings, now=first)
+    alerts.run(engine, settings, now=first + timedelta(minutes=1))
+    with session_scope(engine, write=False) as session:
+        last = alerts.last_run(session)
+    assert last is not None and last.ok
+    assert last.finished_at == first + timedelta(minutes=1)
+    assert "0 alerts raised" in last.summary
+
+
+def test_the_command_records_its_run(sqlite_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 14: what cron (and `make run`) starts is what the Overview reads."""
+    monkeypatch.setenv("DATABASE_URL", sqlite_url)
+    assert cli(["alerts"]) == 0
+    engine = make_engine(sqlite_url)
+    with session_scope(engine, write=False) as session:
+        last = alerts.last_run(session)
+    engine.dispose()
+    assert last is not None
+    assert datetime.now(UTC) - last.finished_at < timedelta(minutes=1)
+
+
+@pytest.mark.parametrize(
+    ("minutes_ago", "overdue"),
+    [(None, True), (1, False), (4, False), (5, True), (600, True)],
+)
+def test_alerting_is_overdue_after_twice_its_interval(
+    minutes_ago: int | None, overdue: bool
+) -> None:
+    now = datetime(2026, 12, 5, 10, 0, tzinfo=UTC)
+    last = (
+        None
+        if minutes_ago is None
+        else alerts.LastRun(now - timedelta(minutes=minutes_ago), True, "0 alerts raised")
+    )
+    assert alerts.is_overdue(last, now, timedelta(minutes=2)) is overdue

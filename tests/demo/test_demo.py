@@ -48,7 +48,6 @@ def test_plan_stays_in_the_window_and_in_time_order(small_plan: demo.Plan) -> No
     assert times == sorted(times)
     assert min(times) >= NOW - timedelta(days=30)
     assert max(times) < NOW
-    assert small_plan.attempts >= demo.ATTEMPTS_PER_ORDER * ORDERS
 
 
 def _count(session: Session, stmt: Any) -> int:
@@ -70,7 +69,7 @@ def test_small_run_produces_the_promised_mix(seeded: Engine) -> None:
         orders = _count(s, select(func.count()).select_from(Order))
         attempts = _count(s, select(func.count()).select_from(PaymentAttempt))
         assert orders >= ORDERS
-        assert attempts >= 3 * ORDERS
+        assert attempts >= ORDERS
         declines = set(
             s.scalars(select(PaymentAttempt.decline_code).distinct().where(
                 PaymentAttempt.decline_code.is_not(None)))
@@ -178,3 +177,50 @@ def test_demo_context_fails_fulfilment_only_when_planned() -> None:
     assert not incidents.fulfilment_fails("cs_other", NOW.replace(hour=2))  # end exclusive
     ctx = demo.demo_context(Context(), incidents, lambda: NOW)
     assert dataclasses.replace(ctx).clock() == NOW
+
+
+def test_deliveries_are_received_at_their_planned_times(
+    seeded: Engine, small_plan: demo.Plan
+) -> None:
+    """Issue 10: the demo plays its deliveries through `receive_many`, each received at its own
+    planned time (the simulated clock drives received and processed times)."""
+    with Session(seeded) as s:
+        received = sorted(s.scalars(select(WebhookDelivery.received_at)))
+        late = _count(
+            s,
+            select(func.count()).where(StripeEvent.processed_at < StripeEvent.first_received_at),
+        )
+    assert received == sorted(d.at for d in small_plan.deliveries)
+    assert late == 0
+
+
+def _attacks(windows: list[tuple[datetime, datetime]], gap: timedelta) -> int:
+    """Flags whose windows overlap (or lie within `gap`) are one attack seen from several
+    entities (one IP, its customer and email): count the groups."""
+    attacks, end = 0, None
+    for start, stop in sorted(windows):
+        if end is None or start > end + gap:
+            attacks += 1
+            end = stop
+        else:
+            end = max(end, stop)
+    return attacks
+
+
+def test_seeded_30_days_read_like_a_healthy_shop_with_a_few_attacks(sqlite_engine: Engine) -> None:
+    """Issue 14 (a realistic demo): the demo reported a 26.5% success rate, which a newcomer
+    reads as an outage. Seeded, the 30-day Overview shows a success rate between 80% and 95%,
+    and the risk flags hold at least three distinct attacks (the integrator switches this to
+    incidents once they exist)."""
+    demo.run(sqlite_engine, Context(), orders=1000, days=30, seed=11, now=NOW, risk_rules=Rules())
+    with Session(sqlite_engine) as s:
+        overview = payments.overview(s, Period.last(30, now=NOW))
+        windows = [
+            (start, end)
+            for start, end in s.execute(select(RiskFlag.window_start, RiskFlag.window_end)).all()
+        ]
+        kinds = set(s.scalars(select(RiskFlag.entity_kind).distinct()))
+    assert overview.success_rate is not None
+    assert 0.80 <= overview.success_rate <= 0.95, overview.success_rate
+    assert _attacks(windows, timedelta(hours=1)) >= 3, windows
+    assert {"ip", "card", "customer", "promotion_code"} <= kinds

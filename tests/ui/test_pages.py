@@ -7,8 +7,11 @@ forged signature and a fulfillment that failed."""
 
 from __future__ import annotations
 
+import io
+import json
 import re
 import shutil
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -21,9 +24,11 @@ from sqlalchemy import Engine, select
 from streamlit.testing.v1 import AppTest
 
 from core.auth.permissions import ROLES, Actor, PermissionDenied, Role, allowed
+from core.console import alerts
 from core.console.period import Period
 from core.db import make_engine, session_scope
 from core.models import Alert, Order
+from core.settings import load_settings
 from core.webhook.handlers import Context
 from core.webhook.receive import receive
 from dashboard import data, guard
@@ -464,9 +469,9 @@ def test_overview_compares_the_week_with_the_one_before(shop: tuple[str, Facts],
     shown = metrics(at)
     # This week: USD 25.00 (Jenny), JPY 5,000 (Taro, zero-decimal), EUR 19.99 (Claire);
     # the week before: USD 10.00 only.
-    assert shown["USD"] == ("USD 25.00", "+USD 15.00 (+150.0%)")
-    assert shown["JPY"] == ("JPY 5,000", "+JPY 5,000")
-    assert shown["EUR"] == ("EUR 19.99", "+EUR 19.99")
+    assert shown["USD"] == ("25.00", "+15.00 (+150.0%)")
+    assert shown["JPY"] == ("5,000", "+5,000")
+    assert shown["EUR"] == ("19.99", "+19.99")
     # 7 attempts (Jenny 2, Taro 1, Claire 1, the tester 3), 3 succeeded; before: 1 of 1.
     assert shown["Payment attempts"] == ("7", "+6 (+600.0%)")
     assert shown["Success rate"] == ("42.9%", "-57.1 pp")
@@ -488,7 +493,7 @@ def test_overview_for_custom_dates_compares_with_the_days_before(shop: tuple[str
     at.date_input(key="overview_dates").set_value((day, day)).run()
     assert not at.exception, at.exception
     shown = metrics(at)
-    assert shown["USD"] == ("USD 25.00", "+USD 25.00")
+    assert shown["USD"] == ("25.00", "+25.00")
     assert shown["Payment attempts"] == ("7", "+7")
     assert shown["Success rate"] == ("42.9%", "")  # nothing the day before to compare with
 
@@ -514,8 +519,10 @@ def test_payments_shows_rates_raw_and_per_card_reasons_and_volumes(
         "stolen_card": 1,
     }
     volume = table_with(at, "payments")
-    assert sorted(volume["amount"]) == ["EUR 19.99", "JPY 5,000", "USD 25.00"]
-    assert plotly_charts(at) == 3
+    assert dict(zip(volume["currency"], volume["amount"].astype(float), strict=True)) == {
+        "EUR": 19.99, "JPY": 5000, "USD": 25.0,
+    }  # fmt: skip
+    assert plotly_charts(at) == 2 + 3  # rates, reasons, one volume chart per currency
     assert {button.label for button in at.download_button} >= {
         "Download rates (CSV)",
         "Download decline reasons (CSV)",
@@ -821,3 +828,162 @@ def test_overview_lists_recent_alerts_with_emails_masked_for_finance(
     finance = app_as("finance", url, page="pages/overview.py")
     shown = table_with(finance, "condition")["message"].iloc[0]
     assert "t***@example.com" in shown and "tester@example.com" not in shown
+
+
+# --- Figures that read at a glance (issue 14) ----------------------------------------------------
+
+
+def chart_specs(at: AppTest) -> list[dict[str, Any]]:
+    """The Plotly figures the page sent, as dicts."""
+    return [json.loads(chart.proto.spec) for chart in at.main.get("plotly_chart")]
+
+
+def _axis_title(spec: dict[str, Any], axis: str) -> str:
+    return str(spec["layout"].get(axis, {}).get("title", {}).get("text", ""))
+
+
+def test_volumes_are_one_chart_per_currency_with_units(shop: tuple[str, Facts]) -> None:
+    """Issue 14: "Volume by currency" put JPY on the axis of EUR, GBP and USD (those lay flat
+    at zero) with no unit. Now one chart per currency, its axis titled in that currency, and
+    every chart on the page has both axes titled."""
+    at = app_as("finance", shop[0], page="pages/payments.py")
+    choose(at, "payments_period", "Last 7 days")
+    specs = chart_specs(at)
+    volume = [spec for spec in specs if _axis_title(spec, "yaxis").startswith("Volume (")]
+    assert sorted(_axis_title(spec, "yaxis") for spec in volume) == [
+        "Volume (EUR)", "Volume (JPY)", "Volume (USD)",
+    ]  # fmt: skip
+    assert all(len(spec["data"]) == 1 for spec in volume)
+    for spec in specs:
+        assert _axis_title(spec, "xaxis") and _axis_title(spec, "yaxis"), spec["layout"]
+
+
+def test_a_24_hour_period_is_drawn_hourly(shop: tuple[str, Facts]) -> None:
+    """Issue 14: "Last 24 hours" at day granularity drew two partial days joined by a line.
+    A 24-hour period offers hours only."""
+    url = shop[0]
+    now = datetime.now(UTC)
+    Shop(make_engine(url), now).paid_order(
+        now - timedelta(hours=3), email=LATE, amount=1200, currency="usd",
+        fingerprint="fpHourly00000001", last4="4242",
+    )  # fmt: skip
+    at = app_as("finance", url, page="pages/payments.py")
+    choose(at, "payments_period", "Last 24 hours")
+    assert list(at.segmented_control(key="payments_grain").options) == ["hour"]
+    assert "by hour" in captions(at)
+    buckets = pd.to_datetime(table_with(at, "cards_succeeded")["bucket_start_utc"])
+    assert len(buckets) == 1 and buckets.iloc[0].minute == 0  # an hour bucket, not a day
+
+
+def test_partial_buckets_are_marked(shop: tuple[str, Facts]) -> None:
+    """Issue 14: partial buckets were not marked. Over the last 7 days by day, today is a
+    partial day: shaded and labelled on the charts, flagged in the table and CSV; the day of
+    the shop's activity (two days ago) is whole."""
+    now = datetime.now(UTC)
+    if now.hour == 23 and now.minute >= 58:
+        time.sleep(180)  # today would end with the period: wait for the next day
+        now = datetime.now(UTC)
+    url, facts = shop
+    Shop(make_engine(url), now).paid_order(
+        now - timedelta(seconds=40), email=LATE, amount=1200, currency="usd",
+        fingerprint="fpPartial0000001", last4="4242",
+    )  # fmt: skip
+    at = app_as("finance", url, page="pages/payments.py")
+    choose(at, "payments_period", "Last 7 days")
+    rates = table_with(at, "cards_succeeded")
+    days = pd.to_datetime(rates["bucket_start_utc"]).dt.date
+    assert dict(zip(days, rates["partial"], strict=True)) == {
+        facts.day.date(): False,
+        (now - timedelta(seconds=40)).date(): True,
+    }
+    specs = chart_specs(at)
+    rates_chart = next(s for s in specs if _axis_title(s, "yaxis").startswith("Rate"))
+    notes = [note["text"] for note in rates_chart["layout"].get("annotations", [])]
+    assert notes == ["partial"]
+    assert len(rates_chart["layout"].get("shapes", [])) == 1
+    assert "partial bucket" in captions(at)
+
+
+def test_exported_amounts_and_rates_are_numbers(shop: tuple[str, Facts]) -> None:
+    """Issue 14: the volume CSV's amount column was text ("EUR 2,809.75") and rates carried 16
+    decimals. The downloads write exactly the tables on screen (widgets.csv_download): amounts
+    parse as numbers in major units beside the currency, rates have 4 decimals, times are ISO
+    8601 with their offset, decline codes have Stripe's words beside them."""
+    at = app_as("finance", shop[0], page="pages/payments.py")
+    choose(at, "payments_period", "Last 7 days")
+    volume = pd.read_csv(io.StringIO(table_with(at, "payments").to_csv(index=False)))
+    assert volume["amount"].dtype.kind == "f"
+    assert dict(zip(volume["currency"], volume["amount"], strict=True)) == {
+        "EUR": 19.99, "JPY": 5000, "USD": 25.0,
+    }  # fmt: skip
+    times = [datetime.fromisoformat(t) for t in volume["bucket_start_utc"]]
+    assert all(t.utcoffset() == timedelta(0) for t in times)
+    rates = table_with(at, "cards_succeeded")
+    assert rates["success_rate"].iloc[0] == round(3 / 7, 4)
+    reasons = table_with(at, "decline_code")
+    words = dict(zip(reasons["decline_code"], reasons["reason"], strict=True))
+    assert words["insufficient_funds"] == "The card has insufficient funds"
+
+
+def test_headline_amounts_are_compact_with_the_exact_value_on_hover(
+    shop: tuple[str, Facts],
+) -> None:
+    """Issue 14: the Overview cut its headline volumes ("EUR 147,3…"). Large amounts are
+    compact in a tile labelled with the currency, the exact amount is in the tooltip; as-of-now
+    counts carry no period delta."""
+    url, facts = shop
+    Shop(make_engine(url), datetime.now(UTC)).paid_order(
+        facts.day + timedelta(hours=10), email=LATE, amount=14_728_150, currency="eur",
+        fingerprint="fpBigSpender0001", last4="4242",
+    )  # fmt: skip
+    at = app_as("finance", url, page="pages/overview.py")
+    choose(at, "overview_period", "Last 7 days")
+    eur = next(m for m in at.main.metric if m.label == "EUR")
+    assert eur.value == "147.3K"
+    assert "EUR 147,301.49" in str(eur.proto.help)
+    assert metrics(at)["Paid, not fulfilled"][1] == ""
+
+
+def test_overview_says_when_alerting_last_ran(shop: tuple[str, Facts]) -> None:
+    """Issue 14: "No alerts raised" was shown while alerting was not running at all."""
+    url = shop[0]
+    settings = load_settings(alert_webhook_url=None)
+    at = app_as("finance", url, page="pages/overview.py")
+    assert any("Alerting has never run" in str(w.value) for w in at.main.warning)
+    engine = make_engine(url)
+    alerts.run(engine, settings, now=datetime.now(UTC) - timedelta(hours=3))
+    data.clear()
+    at.run()
+    assert any("Alerting is overdue" in str(w.value) for w in at.main.warning)
+    alerts.run(engine, settings)
+    data.clear()
+    at.run()
+    assert not at.main.warning
+    assert "Alerting last ran" in captions(at)
+
+
+def test_retries_chart_ticks_only_powers_of_ten(shop: tuple[str, Facts]) -> None:
+    """Issue 14: the retries chart's log ticks were cluttered (a tick at every 2 and 5)."""
+    at = app_as("finance", shop[0], page="pages/webhooks.py")
+    logs = [s for s in chart_specs(at) if s["layout"].get("yaxis", {}).get("type") == "log"]
+    assert logs and all(s["layout"]["yaxis"]["dtick"] == 1 for s in logs)
+
+
+def test_decline_reasons_chart_speaks_stripes_words_escaped(shop: tuple[str, Facts]) -> None:
+    """Issue 14: decline codes in Stripe's words on the chart (untrusted codes escaped, since
+    Plotly renders some HTML in labels)."""
+    url, facts = shop
+    odd = so.charge(
+        payment_intent=so.unique("pi"), succeeded=False, amount=500, currency="usd",
+        fingerprint="fpOddCode0000001", last4="0002", decline_code="<b>odd</b>",
+        created=int((facts.day + timedelta(hours=9)).timestamp()), email=LATE,
+    )  # fmt: skip
+    Shop(make_engine(url), datetime.now(UTC)).deliver(
+        "charge.failed", odd, facts.day + timedelta(hours=9)
+    )
+    at = app_as("finance", url, page="pages/payments.py")
+    choose(at, "payments_period", "Last 7 days")
+    reasons = next(s for s in chart_specs(at) if _axis_title(s, "xaxis") == "Declined attempts")
+    labels = list(reasons["data"][0]["y"])
+    assert "The card has insufficient funds (insufficient_funds)" in labels
+    assert "&lt;b&gt;odd&lt;/b&gt;" in labels and "<b>odd</b>" not in labels
