@@ -59,7 +59,6 @@ widgets.rows(
         }
         for i in found
     ],
-    hide_index=True,
     key="risk_incidents",
 )
 

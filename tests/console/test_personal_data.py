@@ -294,7 +294,7 @@ def test_support_sees_no_ip_address_or_card_fingerprint(shop: Engine) -> None:
 
     def attempts(actor: Actor) -> str:
         entries = [e for i in page.orders["id"] for e in data.timeline(actor, int(i))]
-        return repr([e.detail for e in entries if e.kind == "attempt"])
+        return repr([(e.facts, e.technical) for e in entries if e.kind == "payment"])
 
     support, finance = attempts(SUPPORT), attempts(FINANCE)
     assert JENNY_IP not in support and "fp_cus_jenny" not in support
