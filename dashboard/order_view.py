@@ -7,13 +7,13 @@ from __future__ import annotations
 
 from datetime import datetime
 
-import pandas as pd
 import streamlit as st
 
 from core.console.declines import dispute_reason_label
 from core.console.orders import CustomerSummary, OrderDetail
 from core.console.timeline import TimelineEntry, when
 from core.money import format_minor
+from dashboard import widgets
 from dashboard.safe import md
 
 EMPTY = "–"  # the one way an empty value is shown
@@ -67,20 +67,20 @@ def summary(order: OrderDetail) -> None:
     times = [f"Paid at: {_at(order.paid_at)}", f"Fulfilled at: {_at(order.fulfilled_at)}"]
     if order.amount_refunded or order.refunds:
         times.append(f"Refunded at: {_at(order.last_refund_at)}")
-    st.text(" · ".join(times))
+    widgets.text(" · ".join(times))
     if order.dispute is not None:
         dispute = order.dispute
-        st.text(
+        widgets.text(
             f"Disputed at: {_at(dispute.at)} · "
             f"Amount: {_money(dispute.amount, dispute.currency or order.currency)} · "
             f"Respond by: {_at(dispute.respond_by)}\n"
             f"Dispute reason: {dispute_reason_label(dispute.reason) or EMPTY}"
         )
     # Plain text, not a table: support copies these ids into tickets and Stripe's dashboard.
-    st.text(
+    widgets.text(
         f"Customer email: {order.customer_email or EMPTY} · Customer: {order.customer_id or EMPTY}"
     )
-    st.text(
+    widgets.text(
         f"Checkout Session: {order.checkout_session_id or EMPTY} · "
         f"PaymentIntent: {order.payment_intent_id or EMPTY} · Created at: {_at(order.created_at)}"
     )
@@ -88,7 +88,7 @@ def summary(order: OrderDetail) -> None:
 
 def customer_header(customer: CustomerSummary) -> None:
     st.header("Customer")
-    st.text(f"{customer.customer_id} · {customer.email or 'no email'}")
+    widgets.text(f"{customer.customer_id} · {customer.email or 'no email'}")
     orders, paid, first = st.columns(3)
     orders.metric("Orders", f"{customer.orders:,}")
     paid.metric("Paid orders", f"{customer.paid_orders:,}")
@@ -103,9 +103,9 @@ def timeline(entries: list[TimelineEntry]) -> None:
     for number, entry in enumerate(entries):
         with st.container(border=True, key=f"timeline_{number}"):
             st.markdown(md("{} {}", KIND_BADGES.get(entry.kind, ""), when(entry.at)))
-            st.text(entry.title)
+            widgets.text(entry.title)
             if entry.facts:
-                st.text("\n".join(f"{label}: {value}" for label, value in entry.facts.items()))
+                widgets.text("\n".join(f"{label}: {value}" for label, value in entry.facts.items()))
             if entry.technical or entry.events:
                 with st.expander("Technical details"):
                     _technical(entry, number)
@@ -114,7 +114,9 @@ def timeline(entries: list[TimelineEntry]) -> None:
 def _technical(entry: TimelineEntry, number: int) -> None:
     if entry.technical:
         st.dataframe(
-            pd.DataFrame({"Field": list(entry.technical), "Value": list(entry.technical.values())}),
+            widgets.safe_frame(
+                {"Field": list(entry.technical), "Value": list(entry.technical.values())}
+            ),
             hide_index=True,
             key=f"timeline_{number}_ids",
         )
@@ -150,8 +152,10 @@ def _technical(entry: TimelineEntry, number: int) -> None:
         for event in entry.events
         if not event.deliveries
     ]
-    st.dataframe(pd.DataFrame(rows + undelivered), hide_index=True, key=f"timeline_{number}_ev")
+    st.dataframe(
+        widgets.safe_frame(rows + undelivered), hide_index=True, key=f"timeline_{number}_ev"
+    )
     for event in entry.events:
         if event.payload is not None:
-            st.text(f"Raw payload of {event.event_id}")
+            widgets.text(f"Raw payload of {event.event_id}")
             st.json(event.payload, expanded=False)

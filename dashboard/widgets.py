@@ -542,20 +542,26 @@ def alerting_status(
     every = f"every {int(interval.total_seconds() // 60)} min"
     if last is None:
         st.warning(
-            "Alerting has never run against this database, so no alert can be raised. "
-            f"Run `python -m core alerts` {every} (cron); `make run` does it for the demo.",
+            md(
+                "Alerting has never run against this database, so no alert can be raised. "
+                "Run `python -m core alerts` {} (cron); `make run` does it for the demo.",
+                every,
+            ),
             icon=":material/notifications_off:",
         )
         return
     when = f"{ago(now - last.finished_at)} ago ({last.finished_at:%Y-%m-%d %H:%M} UTC)"
-    summary = escape_markdown(last.summary)
     if overdue:
         st.warning(
-            f"Alerting is overdue: it last ran {when} and should run {every}. "
-            "Alerts may be missing: check the cron job running `python -m core alerts`.",
+            md(
+                "Alerting is overdue: it last ran {} and should run {}. "
+                "Alerts may be missing: check the cron job running `python -m core alerts`.",
+                when,
+                every,
+            ),
             icon=":material/notifications_paused:",
         )
     elif not last.ok:
-        st.warning(f"Alerting last ran {when} with a problem: {summary}.")
+        st.warning(md("Alerting last ran {} with a problem: {}.", when, last.summary))
     else:
-        st.caption(f"Alerting last ran {when} (runs {every}): {summary}.")
+        st.caption(md("Alerting last ran {} (runs {}): {}.", when, every, last.summary))

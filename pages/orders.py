@@ -12,13 +12,18 @@ actor = require("orders.view")
 st.set_page_config(layout="wide")  # tables and per-currency figures need the width
 
 st.title("Orders")
-query = st.text_input(
-    "Search orders",
-    key="orders_query",
-    placeholder="#order id, email or @domain, cs_…, pi_…, cus_… or card last4",
-    help="An exact id (#1461, cs_…, pi_…, ch_…, cus_…) opens it directly; an email matches from "
-    "its start; @example.com finds a whole email domain; 4 digits are also a card's last4.",
-).strip()
+query, problem = inputs.search_text(
+    st.text_input(
+        "Search orders",
+        key="orders_query",
+        placeholder="#order id, email or @domain, cs_…, pi_…, cus_… or card last4",
+        help="An exact id (#1461, cs_…, pi_…, ch_…, cus_…) opens it directly; an email matches "
+        "from its start; @example.com finds a whole email domain; 4 digits are also a card's "
+        "last4.",
+    )
+)
+if problem:
+    widgets.warning(problem)
 widgets.reset_pager_on_change("orders", query)
 # ?order=<id> opens one order directly: a link to paste into a ticket (no email in the URL).
 chosen, problem = inputs.order_id(st.query_params.get("order"))

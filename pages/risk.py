@@ -62,10 +62,10 @@ widgets.rows(
     key="risk_incidents",
 )
 
-by_label = {i.label: i.id for i in found}
+by_label = {widgets.plain(i.label): i.id for i in found}  # labels carry entities: text
 # An alert links here as ?incident=N: open on that incident when it is in the list.
 linked = st.query_params.get("incident")
-target = next((i.label for i in found if str(i.id) == linked), None)
+target = next((widgets.plain(i.label) for i in found if str(i.id) == linked), None)
 if target is not None and st.session_state.get("_risk_linked") != linked:
     st.session_state["_risk_linked"] = linked  # once: the reviewer may then choose another
     st.session_state["risk_incident"] = target
@@ -152,7 +152,7 @@ else:
 st.subheader(f"Review incident #{incident.id:d}")
 if incident.status != "open":
     widgets.info(f"{incident.status.capitalize()} by {incident.reviewed_by}.")
-    st.text(incident.note or "")
+    widgets.text(incident.note or "")
 else:
     note_key = f"risk_note_{incident.id}"
     with st.form(f"risk_review_{incident.id}", clear_on_submit=True):

@@ -6,6 +6,7 @@ Tables take limit/offset and have a matching count function for their pager.
 from __future__ import annotations
 
 import re
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
@@ -101,13 +102,12 @@ def _order_match(query: str, *, full_emails: bool = True) -> ColumnElement[bool]
         return _domain_match(lowered)
     # An email, or the start of one: a range on the lower(email) index, then an exact prefix
     # test (the range alone could be loose under a linguistic collation).
-    upper = lowered[:-1] + chr(ord(lowered[-1]) + 1)
     escaped = lowered.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-    return and_(
-        email >= lowered,
-        email < upper,
-        email.like(escaped + "%", escape="\\"),
-    )
+    prefix = email.like(escaped + "%", escape="\\")
+    if ord(lowered[-1]) >= sys.maxunicode:  # no character sorts after it: no upper bound
+        return and_(email >= lowered, prefix)
+    upper = lowered[:-1] + chr(ord(lowered[-1]) + 1)
+    return and_(email >= lowered, email < upper, prefix)
 
 
 def search_orders(

@@ -12,6 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import Engine, delete, select
 
+from core.auth import audit
 from core.auth.permissions import Actor, PermissionDenied
 from core.db import session_scope
 from core.models import AuditEntry, RiskFlag, RiskIncident, RiskRuleSet
@@ -179,7 +180,8 @@ def test_every_rule_change_is_audited_and_versioned(sqlite_engine: Engine) -> No
             ("risk_rules:2", "office IP"),
         ]
         assert [r["kind"] for r in entries[0].details["changed"]] == ["card"]
-        assert entries[1].details["allow_added"] == [["ip", "192.0.2.1"]]
+        # The audit log keeps a keyed pseudonym of an IP address, never the address (issue 12).
+        assert entries[1].details["allow_added"] == [["ip", audit.pseudonym("ip", "192.0.2.1")]]
         assert rules.live(session, settings_) == (2, second)
 
 

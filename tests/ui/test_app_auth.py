@@ -61,6 +61,7 @@ EXPECTED_PAGES = {
         "Payments",
         "Webhooks",
         "Risk",
+        "Risk rules",
         "Promotion codes",
         "Manual fulfillment",
         "Reconcile & replay",

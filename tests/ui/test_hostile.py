@@ -218,7 +218,7 @@ def test_every_page_shows_hostile_data_as_text(hostile: Hostile, role: str, page
         at.run()
         assert at.main.metric, "the hostile order did not open"
     if page == "risk.py":
-        assert len(at.selectbox(key="risk_flag").options) >= 2
+        assert at.selectbox(key="risk_incident").options, "no incident to show"
     assert_inert(at, f"{page} as {role}")
 
 
@@ -227,24 +227,25 @@ def test_the_orders_page_draws_the_crafted_customer_id_as_text(hostile: Hostile)
     at = app_as("support", hostile.url, page="pages/orders.py")
     at.query_params["order"] = str(hostile.order_id)
     at.run()
-    header = next(m.value for m in at.main.markdown if "Customer email" in m.value)
-    assert not markup_in(header), header
-    assert "\\[U+202E\\]" in header  # the override is shown (escaped), not applied
-    assert CUSTOMER in header  # inside a code span, whole and exactly
+    # The order's header draws ids and emails with st.text: text by construction.
+    header = next(str(m.value) for m in at.main.text if "Customer email" in str(m.value))
+    assert "[U+202E]" in header  # the override is shown, not applied
+    assert "\u202e" not in header
+    assert CUSTOMER in header  # whole and exactly
     assert_inert(at, "orders")
 
 
 def test_a_review_note_is_shown_as_text_to_the_admin(hostile: Hostile) -> None:
     """Finding 2: a finance note rendered as markdown for the admin (image, link, red text)."""
     finance = app_as("finance", hostile.url, page="pages/risk.py")
-    finance.text_area(key="risk_note").input(NOTE)
+    next(a for a in finance.text_area if str(a.key).startswith("risk_note_")).input(NOTE)
     next(b for b in finance.button if b.label == "Dismiss").click().run()
     assert not finance.exception, finance.exception
     assert any("The review is in the audit log." in str(m.value) for m in finance.main.success)
     admin = app_as("admin", hostile.url, page="pages/risk.py")
     admin.segmented_control(key="risk_status").set_value("Dismissed").run()
     assert_inert(admin, "risk (dismissed) as admin")
-    assert [t.value for t in admin.main.text] == [NOTE.replace("\u200b", "[U+200B]").strip()]
+    assert NOTE.replace("\u200b", "[U+200B]").strip() in [t.value for t in admin.main.text]
 
 
 def test_the_decline_code_is_no_link_on_the_payments_chart(hostile: Hostile) -> None:

@@ -46,7 +46,8 @@ MARKDOWN_ARGUMENTS: dict[str, tuple[int | str, ...]] = {
 SAFE_RECEIVERS = {"widgets", "safe"}
 # Calls whose result is safe markdown: built by the escaping helpers, or numbers and money.
 SAFE_CALLS = {
-    "md", "mono", "body", "inline", "money", "percent", "count_delta", "rate_delta",
+    "md", "mono", "body", "inline", "money", "money_compact", "money_delta_compact", "percent",
+    "count_delta", "rate_delta",
     "money_delta", "period_label", "len", "int",
 }  # fmt: skip
 NUMERIC_SPEC = set(",.%df")

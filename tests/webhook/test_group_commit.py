@@ -53,7 +53,7 @@ def _events() -> tuple[list[dict[str, Any]], set[str]]:
 
 
 def _deliveries(events: list[dict[str, Any]]) -> list[Delivery]:
-    signed = [so.signed(evt, SECRET) for evt in events]
+    signed = [so.signed(evt, SECRET, int(NOW.timestamp())) for evt in events]
     body, header = signed[0]
     return [
         Delivery(*signed[0], remote_addr="127.0.0.1"),

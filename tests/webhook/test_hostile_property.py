@@ -119,7 +119,10 @@ def test_hostile_values_never_get_a_5xx_and_every_delivery_has_its_row(
 ) -> None:
     valid = so.event("checkout.session.completed", so.checkout_session())
     group = [*events, valid]
-    deliveries = [Delivery(*so.signed(evt, SECRET), remote_addr="127.0.0.1") for evt in group]
+    deliveries = [
+        Delivery(*so.signed(evt, SECRET, int(NOW.timestamp())), remote_addr="127.0.0.1")
+        for evt in group
+    ]
     outcomes = receive_many(
         database, deliveries, secrets=[SECRET], tolerance=300, ctx=Context(clock=lambda: NOW)
     )

@@ -78,7 +78,10 @@ def test_a_hostile_event_among_valid_ones_in_one_group(engine: Engine) -> None:
         if index < len(hostile):
             events.append(hostile[index])
     events.append(poisoned)
-    deliveries = [Delivery(*so.signed(evt, SECRET), remote_addr="127.0.0.1") for evt in events]
+    deliveries = [
+        Delivery(*so.signed(evt, SECRET, int(NOW.timestamp())), remote_addr="127.0.0.1")
+        for evt in events
+    ]
     ctx = Context(fulfiller=_failing_fulfiller, clock=lambda: NOW)
 
     outcomes = receive_many(engine, deliveries, secrets=[SECRET], tolerance=300, ctx=ctx)

@@ -148,14 +148,15 @@ def test_http_surface(sqlite_url: str) -> None:
         missing = client.post(base + "/webhooks/stripe", content=b"{}")
         assert missing.json()["reason"] == "missing_header"
 
-        # A handler error (a session event without an id) is a 500 with a reason, no trace.
+        # A signed event that can never be applied (a session without an id) is stored as
+        # unprocessable and answered 200, so Stripe does not retry it forever (issue 11).
         broken = so.event("checkout.session.completed", so.checkout_session())
         del broken["data"]["object"]["id"]
         failed = post_event(client, base, broken)
-        assert failed.status_code == 500
+        assert failed.status_code == 200
         assert failed.json() == {
-            "result": "error",
-            "reason": "processing_failed",
+            "result": "unprocessable",
+            "reason": "unprocessable_event",
             "event_id": broken["id"],
         }
         for response in (big, streamed, ok, ignored, forged, missing, failed):
@@ -172,7 +173,7 @@ def test_http_surface(sqlite_url: str) -> None:
             'webhook_deliveries_total{outcome="rejected",reason="body_too_large"} 2.0',
             'webhook_deliveries_total{outcome="rejected",reason="no_matching_signature"} 1.0',
             'webhook_deliveries_total{outcome="rejected",reason="missing_header"} 1.0',
-            'webhook_deliveries_total{outcome="error",reason="processing_failed"} 1.0',
+            'webhook_deliveries_total{outcome="unprocessable",reason="unprocessable_event"} 1.0',
             'webhook_processing_seconds_count{outcome="processed"} 1.0',
         ):
             assert expected in lines, metrics.text
@@ -196,7 +197,7 @@ def test_http_surface(sqlite_url: str) -> None:
             (200, "ignored"),
             (400, "rejected"),
             (400, "rejected"),
-            (500, "failed"),
+            (200, "unprocessable"),
         ]
     finally:
         engine.dispose()
