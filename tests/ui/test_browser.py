@@ -143,7 +143,7 @@ def nav_links(page: Page) -> set[str]:
 
 
 def open_page(page: Page, title: str) -> None:
-    page.get_by_test_id("stSidebar").get_by_role("link", name=title).click()
+    page.get_by_test_id("stSidebar").get_by_role("link", name=title, exact=True).click()
     expect(page.get_by_role("heading", name=title, level=1)).to_be_visible()
 
 
