@@ -18,7 +18,16 @@ import streamlit as st
 from core.auth import manage
 from core.auth.permissions import Actor, PermissionDenied, allowed, mask_email, require
 from core.auth.users import UsersError
-from core.console import erasure, fulfillment, jobs, promotions, reconcile, retention
+from core.console import (
+    erasure,
+    fulfillment,
+    jobs,
+    promotions,
+    reconcile,
+    replay,
+    retention,
+)
+from core.console import promotion_health as code_health
 from core.console.fulfillment import ManualOutcome as ManualOutcome  # the pages show it
 from core.console.promotions import NewPromotionCode
 from core.console.stripe_api import (
@@ -117,15 +126,15 @@ def codes_table(codes: list[promotions.PromotionCodeView]) -> pd.DataFrame:
 
 @shown
 def promotion_health(actor: Actor, codes: list[promotions.PromotionCodeView], days: int = 30) -> (
-    tuple[pd.DataFrame, pd.DataFrame, list[promotions.CodeWarning]]
+    tuple[pd.DataFrame, pd.DataFrame, list[code_health.CodeWarning]]
 ):  # fmt: skip
     """Redemptions per day, usage per code (with failed attempts and disputes), watch list."""
     require(actor, "promotions.view")
     now = datetime.now(UTC)
     since = now - timedelta(days=days)
     with session_scope(get_engine(), write=False) as session:
-        daily = promotions.daily_redemptions(session, since)
-        usage = promotions.code_usage(session, since)
+        daily = code_health.daily_redemptions(session, since)
+        usage = code_health.code_usage(session, since)
     label = {c.id: c.code for c in codes}
     per_day = pd.DataFrame(
         [{"day": d, "code": label.get(c, c), "redemptions": n} for d, c, n in daily],
@@ -146,7 +155,7 @@ def promotion_health(actor: Actor, codes: list[promotions.PromotionCodeView], da
         columns=["code", "paid orders", "failed attempts", "disputed", "refunded",
                  "last used (UTC)"],
     ).sort_values("paid orders", ascending=False)  # fmt: skip
-    return per_day, per_code, promotions.watch_list(codes, now)
+    return per_day, per_code, code_health.watch_list(codes, now)
 
 
 def currencies() -> list[str]:
@@ -292,17 +301,17 @@ def reconcile_state(actor: Actor) -> jobs.JobState | None:
     return jobs.state(get_engine(), reconcile.JOB)
 
 
-def run_replay(actor: Actor, event_id: str, *, dry_run: bool) -> reconcile.ReplayResult | str:
+def run_replay(actor: Actor, event_id: str, *, dry_run: bool) -> replay.ReplayResult | str:
     """The replay result, or a message when there is no such event."""
     try:
-        return reconcile.replay(
+        return replay.replay(
             get_engine(), webhook_context(get_settings()), actor, event_id, dry_run=dry_run
         )
     except LookupError as missing:
         return str(missing)
 
 
-def changes_table(result: reconcile.ReplayResult) -> pd.DataFrame:
+def changes_table(result: replay.ReplayResult) -> pd.DataFrame:
     return pd.DataFrame(
         [
             {"table": c.table, "row": c.key, "change": c.kind, "column": column,
@@ -318,7 +327,7 @@ def changes_table(result: reconcile.ReplayResult) -> pd.DataFrame:
 def failed_events(actor: Actor) -> pd.DataFrame:
     require(actor, "events.replay")
     with session_scope(get_engine(), write=False) as session:
-        rows = reconcile.recent_failures(session)
+        rows = replay.recent_failures(session)
         return pd.DataFrame(
             [
                 {"event": e.id, "type": e.type, "created (UTC)": _when(e.created),

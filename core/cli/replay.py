@@ -7,7 +7,7 @@ import argparse
 import sys
 
 from core.auth.permissions import Actor
-from core.console.reconcile import replay
+from core.console.replay import replay
 from core.db import get_engine
 from core.runtime import webhook_context
 from core.settings import get_settings

@@ -11,17 +11,15 @@ import pytest
 from sqlalchemy import Engine
 
 from core.auth.permissions import Actor, PermissionDenied
+from core.console.promotion_health import code_usage, daily_redemptions, watch_list
 from core.console.promotions import (
     InvalidPromotion,
     NewPromotionCode,
     PromotionCodeView,
-    code_usage,
     create_promotion_code,
-    daily_redemptions,
     list_promotion_codes,
     promotion_view,
     set_active,
-    watch_list,
 )
 from core.console.stripe_api import StripeApi, new_token
 from core.db import session_scope

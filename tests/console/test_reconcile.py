@@ -14,7 +14,8 @@ from sqlalchemy import Engine, func, select
 
 from core.__main__ import main
 from core.auth.permissions import Actor, PermissionDenied
-from core.console.reconcile import endpoint_health, reconcile, replay
+from core.console.reconcile import endpoint_health, reconcile
+from core.console.replay import replay
 from core.console.stripe_api import API_VERSION, StripeApi
 from core.db import session_scope
 from core.models import Fulfillment, Order, OrderTransition, StripeEvent
