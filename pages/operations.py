@@ -77,13 +77,32 @@ if dry_col.button("Dry run", key="ops_dry", disabled=not event_id):
             widgets.rows(views.changes_table(result), key="ops_changes")
 ready = st.session_state.get("ops_dry_ran") == event_id and bool(event_id)
 if apply_col.button("Replay for real", key="ops_apply", disabled=not ready):
-    result = views.run_replay(actor, event_id, dry_run=False)
-    st.session_state.pop("ops_dry_ran", None)
-    if isinstance(result, str):
-        widgets.error(result)
-    elif result.error:
-        widgets.error(result.summary())
-    else:
-        widgets.success(result.summary())
+    forms.ask("ops_replay", {"event_id": event_id})  # names the event; nothing applied yet
+    st.rerun()
+asked = forms.pending("ops_replay")
+if asked is not None and asked["event_id"] == event_id:
+    with st.container(border=True):
+        widgets.warning(
+            widgets.md(
+                "Replay {} for real? Its handler runs again and what the dry run showed is "
+                "committed (the change is in the audit log).",
+                widgets.mono(asked["event_id"]),
+            )
+        )
+        yes, no = st.columns(2)
+        if yes.button(widgets.md("Yes, replay {}", asked["event_id"]), key="ops_confirm"):
+            forms.cancel("ops_replay")
+            st.session_state.pop("ops_dry_ran", None)
+            with st.spinner(widgets.md("Replaying {}…", asked["event_id"])):
+                result = views.run_replay(actor, asked["event_id"], dry_run=False)
+            if isinstance(result, str):
+                widgets.error(result)
+            elif result.error:
+                widgets.error(result.summary())
+            else:
+                widgets.success(result.summary())
+        if no.button("Cancel", key="ops_cancel"):
+            forms.cancel("ops_replay")
+            st.rerun()
 if not ready and event_id:
     st.caption("Run the dry run first: the real replay is enabled after it.")

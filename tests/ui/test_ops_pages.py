@@ -361,7 +361,11 @@ def test_operations_reconcile_and_replay(sqlite_url: str, standin: StandIn) -> N
     assert next(b for b in admin.button if b.label == "Replay for real").disabled
     click(admin, "Dry run")
     assert "would change nothing: it was already applied" in texts(admin)
-    click(admin, "Replay for real")
+    click(admin, "Replay for real")  # asks first, naming the event: nothing applied yet
+    assert "changed nothing" not in texts(admin)
+    confirm = next(b for b in admin.button if str(b.label).startswith("Yes, replay"))
+    assert event_id in str(confirm.label)  # the button names the event
+    confirm.click().run()
     assert "changed nothing" in texts(admin)
 
 

@@ -139,10 +139,12 @@ def test_a_failed_event_in_a_group_is_applied_by_its_redelivery(engine: Engine) 
         deliveries,
         secrets=[SECRET],
         tolerance=300,
-        ctx=Context(fulfiller=_fulfiller(doomed)),
+        ctx=Context(fulfiller=_fulfiller(doomed), clock=lambda: NOW),
     )
     assert [o.status for o in first].count(500) == 2
-    again = receive_many(engine, deliveries[2:4], secrets=[SECRET], tolerance=300, ctx=Context())
+    again = receive_many(
+        engine, deliveries[2:4], secrets=[SECRET], tolerance=300, ctx=Context(clock=lambda: NOW)
+    )
     assert _answers(again) == [(200, "processed", None)] * 2
     assert count(engine, Order) == count(engine, Fulfillment) == 3
     with Session(engine) as session:
