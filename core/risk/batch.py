@@ -153,7 +153,11 @@ def detect_period(
             )
         )
     groups = _group(failed, flags, changes)
-    incidents.assign(session, groups, {f.id: f.incident_id for f in flags}, now)
+    # Removed flags are left out: SQLite may give a new flag the id of one just deleted, and
+    # that new row has no incident yet whatever the deleted one had.
+    gone = set(changes.removed)
+    current = {f.id: f.incident_id for f in flags if f.id not in gone}
+    incidents.assign(session, groups, current, now)
     incidents.drop_empty(session)
     return BatchResult(len(failed), entities, flag_count, changes, len(groups))
 
