@@ -80,6 +80,9 @@ def test_finance_reviews_two_incidents_in_a_row(
             expect(
                 main.get_by_text(re.compile(rf"^Incident #{shown[-1]} (confirmed|dismissed)"))
             ).to_be_visible()
+            # The page has moved on once the reviewed incident's form is gone (until then the
+            # browser may still show the previous run's elements, greyed out).
+            expect(main.get_by_text(f"Review incident #{shown[-1]}", exact=True)).to_have_count(0)
         expect(main.get_by_text("No open incident.")).to_be_visible()
         shot(page, "risk-3-done")
     finally:
