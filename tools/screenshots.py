@@ -168,7 +168,7 @@ def take(url: str, out: Path, username: str, password: str) -> None:
         expect(page.get_by_test_id("stSidebar").get_by_test_id("stPageLink").first).to_be_visible()
         settle(page)
         for spec in PAGES:
-            link = page.get_by_test_id("stSidebar").get_by_role("link", name=spec.title)
+            link = page.get_by_test_id("stSidebar").get_by_role("link", name=spec.title, exact=True)
             if not link.count():
                 continue  # a page this user's role may not use
             link.click()
