@@ -27,7 +27,14 @@ class Metrics:
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
         )
         self.registry.register(SignalsCollector(lambda: engine))
+        # The labelled children by (result, reason): a handful, looked up once each.
+        self.children: dict[tuple[str, str], tuple[Counter, Histogram]] = {}
 
     def observe(self, outcome: Outcome, seconds: float) -> None:
-        self.deliveries.labels(outcome.result, outcome.reason or "").inc()
-        self.latency.labels(outcome.result).observe(seconds)
+        key = (outcome.result, outcome.reason or "")
+        children = self.children.get(key)
+        if children is None:
+            children = (self.deliveries.labels(*key), self.latency.labels(outcome.result))
+            self.children[key] = children
+        children[0].inc()
+        children[1].observe(seconds)

@@ -29,6 +29,8 @@ REPLACEMENT = "\ufffd"
 def clean(value: str, limit: int) -> str:
     """`value` made storable everywhere: NUL and lone surrogates replaced (by U+FFFD, which no
     Stripe id contains, so a cleaned id never collides with a real one), cut to `limit`."""
+    if value.isascii() and "\x00" not in value:  # the usual case, without the regex
+        return value[:limit]
     return _UNSTORABLE.sub(REPLACEMENT, value)[:limit]
 
 
@@ -153,6 +155,8 @@ def _name(path: _Path) -> str:
 def _values(obj: Any, path: _Path) -> list[Any]:
     """The values at `path` (`*`: every item of a list); a missing step gives None for the
     first step only (a required id), nothing deeper."""
+    if len(path) == 1:  # most paths: a field of the object itself
+        return [obj.get(path[0])] if isinstance(obj, dict) else []
     current: list[Any] = [obj]
     for depth, part in enumerate(path):
         following: list[Any] = []
