@@ -247,6 +247,10 @@ def uvicorn_server(app: str, env: dict[str, str], workdir: Path) -> Iterator[Ser
     port = free_port()
     log_path = workdir / f"{app.split(':')[0]}.log"
     command = ["-m", "receiver"] if app == "receiver.app:app" else ["-m", "uvicorn", app]
+    # The server runs from `workdir`: put this checkout first on its path, so that it measures
+    # the code beside this file and not whatever checkout the environment has installed.
+    path = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH", "")]))
+    env = {**env, "PYTHONPATH": path}
     with log_path.open("wb") as log:
         process = subprocess.Popen(
             [sys.executable, *command, "--host", "127.0.0.1", "--port", str(port),
