@@ -91,6 +91,12 @@ def stripe_amount(amount: str, currency: str) -> int:
     return minor
 
 
+def plain_major(amount: int, currency: str) -> str:
+    """1234, 'usd' -> '12.34' (what `to_minor` reads back); 500, 'jpy' -> '500'."""
+    digits = exponent(currency)
+    return f"{Decimal(amount).scaleb(-digits):.{digits}f}"
+
+
 def format_minor(amount: int, currency: str | None) -> str:
     """1234, 'usd' -> 'USD 12.34'; 500, 'jpy' -> 'JPY 500'."""
     if not currency:

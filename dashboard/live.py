@@ -7,6 +7,7 @@ they hold no SQL and make no Stripe call themselves."""
 
 from __future__ import annotations
 
+import math
 import threading
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -38,12 +39,12 @@ from core.console.stripe_api import (
 )
 from core.db import get_engine, session_scope
 from core.models import PaymentAttempt, RiskFlag, RiskIncident
-from core.money import CURRENCIES, format_minor, to_major
+from core.money import CURRENCIES, format_minor, plain_major, to_major
 from core.risk import backtest, reviews
 from core.risk import rules as risk_rules
 from core.risk.backtest import Backtest, FlagKey
-from core.risk.detector import Rules
-from core.risk.rules import RulesError, build
+from core.risk.detector import Filter, Rules
+from core.risk.rules import RulesError, build, make_filter
 from core.runtime import webhook_context
 from core.settings import Settings, get_settings
 from dashboard import data
@@ -661,7 +662,16 @@ def review_incident(
     )
 
 
-RULE_COLUMNS = ["entity", "pattern", "threshold (failures)", "window (minutes)"]
+CURRENCY_CODES = sorted(c.upper() for c in CURRENCIES)
+RULE_COLUMNS = [
+    "entity",
+    "pattern",
+    "threshold (failures)",
+    "window (minutes)",
+    "only currency",
+    "only from amount",
+    "only decline codes",
+]
 
 
 @dataclass(frozen=True)
@@ -671,11 +681,33 @@ class RulesState:
     allow: str  # one "kind: value" per line
 
 
-def _parse_rules(table: pd.DataFrame, allow: str) -> Rules:
-    rows = [
-        (str(r.iloc[0]), str(r.iloc[1]), int(r.iloc[2]), int(r.iloc[3]))
-        for _i, r in table.iterrows()
+def _cell(value: Any) -> str:
+    """A text cell of the rules table as typed ("" for a cleared cell)."""
+    return "" if value is None or (isinstance(value, float) and math.isnan(value)) else str(value)
+
+
+def _rule_row(kind: str, pattern: str, threshold: int, minutes: int, counted: Filter) -> list[Any]:
+    amount = plain_major(counted.min_amount, counted.currency) if counted.min_amount else ""
+    return [
+        kind,
+        pattern,
+        threshold,
+        minutes,
+        counted.currency.upper(),
+        amount,
+        ", ".join(counted.decline_codes),
     ]
+
+
+def _parse_rules(table: pd.DataFrame, allow: str) -> Rules:
+    rows = []
+    for _i, r in table.iterrows():
+        kind, pattern = str(r.iloc[0]), str(r.iloc[1])
+        try:
+            counted = make_filter(_cell(r.iloc[4]), _cell(r.iloc[5]), _cell(r.iloc[6]))
+        except RulesError as exc:
+            raise RulesError(f"{kind} / {pattern}: {exc}") from None
+        rows.append((kind, pattern, int(r.iloc[2]), int(r.iloc[3]), counted))
     entries = []
     for line in allow.splitlines():
         if line.strip():
@@ -691,7 +723,9 @@ def rules_state(actor: Actor) -> RulesState:
     require(actor, "risk.rules")
     with session_scope(get_engine(), write=False) as session:
         version, live_rules = risk_rules.live(session, get_settings())
-    table = pd.DataFrame(risk_rules.rule_table(live_rules), columns=RULE_COLUMNS)
+    table = pd.DataFrame(
+        [_rule_row(*row) for row in risk_rules.rule_table(live_rules)], columns=RULE_COLUMNS
+    )
     allow = "\n".join(f"{k}: {v}" for k, v in sorted(live_rules.allow))
     return RulesState(version, table, allow)
 

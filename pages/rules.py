@@ -16,8 +16,11 @@ st.set_page_config(layout="wide")
 st.title("Risk rules")
 st.caption(
     "A flag is raised when one entity has at least the threshold of failed payments within the "
-    "window (card testing: that many distinct cards). Entities on the allow list never flag. "
-    "Backtest an edit before saving it: saving re-derives the open flags and incidents."
+    "window (card testing: that many distinct cards). A rule may count only some failures: in "
+    "one currency, from a minimum amount in it, or with given decline codes (Stripe's decline or "
+    "failure codes, such as insufficient_funds, incorrect_cvc); the flag then shows all the "
+    "entity's failures in its span. Entities on the allow list never flag. Backtest an edit "
+    "before saving it: saving re-derives the open flags and incidents."
 )
 
 outcome = st.session_state.pop("rules_outcome", None)
@@ -32,6 +35,19 @@ table = st.data_editor(
     state.table,
     hide_index=True,
     disabled=["entity", "pattern"],
+    column_config={
+        "threshold (failures)": st.column_config.NumberColumn(min_value=1, max_value=10_000),
+        "window (minutes)": st.column_config.NumberColumn(min_value=1, max_value=7 * 24 * 60),
+        "only currency": st.column_config.SelectboxColumn(
+            options=["", *views.CURRENCY_CODES], help="Blank: every currency."
+        ),
+        "only from amount": st.column_config.TextColumn(
+            help="In the currency's major units, such as 50 or 49.99; needs a currency."
+        ),
+        "only decline codes": st.column_config.TextColumn(
+            help="Comma-separated, such as fraudulent, stolen_card; blank: every failure."
+        ),
+    },
     key=f"rules_table_{state.version}",
 )
 allow = st.text_area(

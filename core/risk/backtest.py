@@ -127,7 +127,9 @@ def backtest(
     """The flags and incidents each rule set raises for hits ending in [since, until], from the
     stored attempts; reads only (nothing is written, whatever the rules)."""
     reach = max(current.reach, proposed.reach)
-    failed = batch._read_failed(session, since - reach, until)
+    failed = batch._read_failed(
+        session, since - reach, until, details=current.filtered or proposed.filtered
+    )
     return Backtest(
         since,
         until,

@@ -20,8 +20,9 @@ one entity's flags, so two concurrent deliveries cannot each miss the other's at
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -62,21 +63,39 @@ class BatchResult:
 
 @dataclass(frozen=True)
 class _Failed:
-    """Failed attempts as columns: ids, times in microseconds since the epoch, entities."""
+    """Failed attempts as columns: ids, times in microseconds since the epoch, entities, and
+    (when read for filtered rules) store.DETAIL_COLUMNS."""
 
     ids: list[str]
     times: npt.NDArray[np.int64]
-    columns: dict[str, list[str | None]]
+    columns: dict[str, list[Any]]
+    details: bool = False
+    # per entity column, its values factorised (codes, uniques): shared by the rule sets of a
+    # backtest, which read the same attempts
+    _factorised: dict[str, tuple[Any, Any]] = field(default_factory=dict, compare=False)
 
     def __len__(self) -> int:
         return len(self.ids)
+
+    def factorised(self, name: str) -> tuple[npt.NDArray[np.int64], Any]:
+        if name not in self._factorised:
+            self._factorised[name] = pd.factorize(np.array(self.columns[name], dtype=object))
+        return self._factorised[name]
+
+    def point(self, i: int, at: datetime) -> Point:
+        card = self.columns["card_fingerprint"][i]
+        if not self.details:
+            return Point(at, self.ids[i], card)
+        return Point(at, self.ids[i], card, *(self.columns[c][i] for c in store.DETAIL_COLUMNS))
 
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
-def _read_failed(session: Session, lo: datetime | None, hi: datetime | None) -> _Failed:
-    rows = store.failed_rows(session, lo, hi)
+def _read_failed(
+    session: Session, lo: datetime | None, hi: datetime | None, *, details: bool = False
+) -> _Failed:
+    rows = store.failed_rows(session, lo, hi, details=details)
     created = [r[1] for r in rows]
     if created and isinstance(created[0], str):  # SQLite stores UTC as ISO text
         times = np.array(created, dtype="datetime64[us]").astype(np.int64)
@@ -84,10 +103,12 @@ def _read_failed(session: Session, lo: datetime | None, hi: datetime | None) -> 
         times = np.array(
             [(t - _EPOCH) // timedelta(microseconds=1) for t in created], dtype=np.int64
         )
+    names = store.ATTEMPT_COLUMNS + (store.DETAIL_COLUMNS if details else ())
     return _Failed(
         ids=[r[0] for r in rows],
         times=times,
-        columns={c: [r[i] for r in rows] for i, c in enumerate(store.ATTEMPT_COLUMNS) if i >= 2},
+        columns={c: [r[i] for r in rows] for i, c in enumerate(names) if i >= 2},
+        details=details,
     )
 
 
@@ -127,7 +148,9 @@ def detect_period(
         if (new_lo, new_hi) == (x_lo, x_hi):
             break
         x_lo, x_hi = new_lo, new_hi
-    failed = _read_failed(session, None if x_lo is None else x_lo - window, x_hi)
+    failed = _read_failed(
+        session, None if x_lo is None else x_lo - window, x_hi, details=rules.filtered
+    )
     stored: dict[tuple[str, str, str], list[Stored]] = {}
     for f in flags:
         stored.setdefault((f.entity_kind, f.entity_value, f.pattern), []).append(_stored(f))
@@ -189,9 +212,8 @@ def _windows_by_entity(
     result: dict[tuple[str, str, str], list[Window]] = {}
     if not len(failed):
         return result
-    cards = failed.columns["card_fingerprint"]
     for kind, name in ENTITY_COLUMNS.items():
-        codes, uniques = pd.factorize(np.array(failed.columns[name], dtype=object))
+        codes, uniques = failed.factorised(name)
         present = codes >= 0
         kind_rules = [rules.rule(kind, p) for p in rules.patterns(kind)]
         minimum = min(r.minimum(p) for r, p in zip(kind_rules, rules.patterns(kind), strict=True))
@@ -206,7 +228,7 @@ def _windows_by_entity(
         moments = pd.to_datetime(failed.times[rows], unit="us", utc=True).to_pydatetime()
         by_code: dict[int, list[Point]] = {}
         for i, code, at in zip(rows.tolist(), codes[rows].tolist(), moments, strict=True):
-            by_code.setdefault(code, []).append(Point(at, failed.ids[i], cards[i]))
+            by_code.setdefault(code, []).append(failed.point(i, at))
         for code, points in by_code.items():
             value = str(uniques[code])
             if rules.allows(kind, value):

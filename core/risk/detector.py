@@ -3,13 +3,22 @@
 Definitions (one entity = one card fingerprint, customer, email, IP address or promotion code):
 
 - The window is CLOSED: attempts at t and t + window are within one window of each other.
-- A time r is a *hit* for pattern `burst` when the entity has at least `threshold` failed
+- A rule may carry a filter (`Filter`: a currency, a minimum amount in it, decline codes); the
+  attempts it matches are the rule's *counted* attempts (without a filter, every failed one).
+- A time r is a *hit* for pattern `burst` when the entity has at least `threshold` counted
   attempts in [r - window, r], and for pattern `card_testing` when those attempts carry at least
-  `card_testing_threshold` distinct card fingerprints. Only times of attempts are candidates.
-- A hit's window runs from the earliest attempt in [r - window, r] to r.
+  `card_testing_threshold` distinct card fingerprints. Only times of counted attempts are
+  candidates.
+- A hit's window runs from the earliest counted attempt in [r - window, r] to r.
 - Flags are the union of the hit windows: windows that overlap or touch merge into one flag
   (from the first window's start to the last one's end), and a flag's attempts are the
-  entity's failed attempts in [window_start, window_end].
+  entity's failed attempts in [window_start, window_end], counted or not: a filter decides when
+  a rule fires, and the flag then shows everything the entity did in that span (so incidents,
+  failure counts and the incremental path do not depend on the filter).
+
+An attempt's fields only ever go from unknown to known (core.webhook.handlers.record_attempt
+merges deliveries so), so an attempt a filter counts stays counted: a redelivery can only add
+hits, like a new attempt.
 
 Everything is a function of the *set* of attempts (deduplicated by attempt id, counted at
 Stripe's `created`), so arrival order and duplicate deliveries cannot change the result.
@@ -60,18 +69,54 @@ BURST_WINDOW = timedelta(minutes=60)  # settings.burst_window_minutes overrides
 CARD_TESTING_THRESHOLD = 3
 
 
+MAX_DECLINE_CODES = 20
+
+
+@dataclass(frozen=True, order=True)
+class Filter:
+    """Which failed attempts a rule counts (every field optional; the empty filter counts all):
+    in `currency` (lower-case ISO code, as Stripe writes it), of at least `min_amount` in its
+    minor units (only with a currency: amounts in different currencies do not compare), and
+    declined with one of `decline_codes` (Stripe's decline code or failure code)."""
+
+    currency: str = ""
+    min_amount: int = 0
+    decline_codes: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.min_amount < 0 or (self.min_amount and not self.currency):
+            raise ValueError("a minimum amount needs a currency and is not negative")
+
+    def __bool__(self) -> bool:
+        return bool(self.currency or self.min_amount or self.decline_codes)
+
+    def counts(self, p: Point) -> bool:
+        if self.currency and p.currency != self.currency:
+            return False
+        if self.min_amount and (p.amount or 0) < self.min_amount:
+            return False
+        return not self.decline_codes or bool(
+            {p.decline_code, p.failure_code} & set(self.decline_codes)
+        )
+
+
+NO_FILTER = Filter()
+
+
 @dataclass(frozen=True)
 class Rules:
     """The detection rules: a default threshold and window per pattern, optional overrides per
     (entity kind, pattern), and an allow list of entities that never flag. A `Rules` without
-    overrides is also the plain rule of one (kind, pattern), as `detect_windows` reads it."""
+    overrides is also the plain rule of one (kind, pattern), as `detect_windows` reads it,
+    with its `filter`."""
 
     threshold: int = BURST_THRESHOLD
     window: timedelta = BURST_WINDOW
     card_testing_threshold: int = CARD_TESTING_THRESHOLD
-    # (kind, pattern, threshold, window): replaces the default for that kind and pattern
-    overrides: tuple[tuple[str, str, int, timedelta], ...] = ()
+    # (kind, pattern, threshold, window, filter): replaces the default for that kind and pattern
+    overrides: tuple[tuple[str, str, int, timedelta, Filter], ...] = ()
     allow: frozenset[tuple[str, str]] = frozenset()  # (kind, value) that never flag
+    filter: Filter = NO_FILTER  # of a plain rule (overrides carry their own)
 
     def __post_init__(self) -> None:
         thresholds = [self.threshold, self.card_testing_threshold, *(o[2] for o in self.overrides)]
@@ -89,12 +134,17 @@ class Rules:
 
     def rule(self, kind: str, pattern: Pattern) -> Rules:
         """The plain rule for one entity kind and pattern (what `detect_windows` takes)."""
-        for o_kind, o_pattern, threshold, window in self.overrides:
+        for o_kind, o_pattern, threshold, window, counted in self.overrides:
             if (o_kind, o_pattern) == (kind, pattern):
-                return Rules(threshold, window, threshold)
+                return Rules(threshold, window, threshold, filter=counted)
         if not self.overrides and not self.allow:
             return self
-        return Rules(self.threshold, self.window, self.card_testing_threshold)
+        return Rules(self.threshold, self.window, self.card_testing_threshold, filter=self.filter)
+
+    @property
+    def filtered(self) -> bool:
+        """Whether any rule counts only some attempts (then detection reads their details)."""
+        return bool(self.filter) or any(o[4] for o in self.overrides)
 
     @property
     def reach(self) -> timedelta:
@@ -116,6 +166,10 @@ class Attempt:
     email: str | None = None
     ip_address: str | None = None
     promotion_code: str | None = None
+    amount: int | None = None
+    currency: str | None = None
+    decline_code: str | None = None
+    failure_code: str | None = None
 
     def entity(self, kind: EntityKind) -> str | None:
         value: str | None = getattr(self, ENTITY_COLUMNS[kind])
@@ -124,11 +178,16 @@ class Attempt:
 
 @dataclass(frozen=True, order=True)
 class Point:
-    """One failed attempt of one entity: when, which attempt, which card."""
+    """One failed attempt of one entity: when, which attempt, which card; and what rule filters
+    read (amount, currency, decline and failure code), when they were read."""
 
     created: datetime
     id: str
     card: str | None = None
+    amount: int | None = field(default=None, compare=False)
+    currency: str | None = field(default=None, compare=False)
+    decline_code: str | None = field(default=None, compare=False)
+    failure_code: str | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True, order=True)
@@ -164,6 +223,10 @@ class Flag:
         )
 
 
+# What rule filters read of an attempt, beside its entities (Attempt and Point fields).
+_DETAILS = ("amount", "currency", "decline_code", "failure_code")
+
+
 def _first(a: str | None, b: str | None) -> str | None:
     if a is None or b is None:
         return a if b is None else b
@@ -178,6 +241,8 @@ def merge_duplicate(a: Attempt, b: Attempt) -> Attempt:
         id=a.id,
         created=min(a.created, b.created),
         **{col: _first(getattr(a, col), getattr(b, col)) for col in ENTITY_COLUMNS.values()},
+        amount=a.amount or b.amount,
+        **{col: _first(getattr(a, col), getattr(b, col)) for col in _DETAILS[1:]},
     )
 
 
@@ -197,7 +262,12 @@ def points_by_entity(attempts: Iterable[Attempt]) -> dict[tuple[EntityKind, str]
         for kind in ENTITY_COLUMNS:
             value = attempt.entity(kind)
             if value is not None:
-                point = Point(attempt.created, attempt.id, attempt.card_fingerprint)
+                point = Point(
+                    attempt.created,
+                    attempt.id,
+                    attempt.card_fingerprint,
+                    *(getattr(attempt, col) for col in _DETAILS),
+                )
                 groups.setdefault((kind, value), []).append(point)
     return groups
 
@@ -212,7 +282,13 @@ def _unique_points(points: Iterable[Point]) -> list[Point]:
         if known is None:
             by_id[p.id] = p
         else:
-            by_id[p.id] = Point(min(p.created, known.created), p.id, _first(p.card, known.card))
+            by_id[p.id] = Point(
+                min(p.created, known.created),
+                p.id,
+                _first(p.card, known.card),
+                p.amount or known.amount,
+                *(_first(getattr(p, col), getattr(known, col)) for col in _DETAILS[1:]),
+            )
     return sorted(by_id.values(), key=BY_TIME)
 
 
@@ -233,21 +309,23 @@ def detect_windows(
     ends: tuple[datetime | None, datetime | None] = (None, None),
 ) -> list[Window]:
     """The merged windows of one entity's hits whose right end lies in `ends` (closed; None is
-    unbounded). `points` must include every failed attempt in [ends[0] - window, ends[1]]."""
+    unbounded), described with all of `points` (counted by the rule's filter or not).
+    `points` must include every failed attempt in [ends[0] - window, ends[1]]."""
     pts = _unique_points(points)
+    counted = [p for p in pts if rules.filter.counts(p)] if rules.filter else pts
     lo_end, hi_end = ends
     spans: list[tuple[datetime, datetime]] = []
     cards: Counter[str] = Counter()
     first = 0
-    n = len(pts)
-    for i, p in enumerate(pts):
+    n = len(counted)
+    for i, p in enumerate(counted):
         if p.card is not None:
             cards[p.card] += 1
-        if i + 1 < n and pts[i + 1].created == p.created:
+        if i + 1 < n and counted[i + 1].created == p.created:
             continue  # evaluate each distinct time once, with all its attempts
         r = p.created
-        while pts[first].created < r - rules.window:
-            gone = pts[first].card
+        while counted[first].created < r - rules.window:
+            gone = counted[first].card
             if gone is not None:
                 cards[gone] -= 1
                 if not cards[gone]:
@@ -263,7 +341,7 @@ def detect_windows(
         )
         if not hit:
             continue
-        start = pts[first].created
+        start = counted[first].created
         if spans and start <= spans[-1][1]:
             spans[-1] = (spans[-1][0], r)
         else:
@@ -389,11 +467,6 @@ def reconcile(
         s.id for s in stored if s.id not in used and not (keep_reviewed and s.status != "open")
     )
     return plan
-
-
-def as_points(rows: Iterable[tuple[Any, ...]]) -> list[Point]:
-    """(id, created, card) rows to points."""
-    return [Point(created, attempt_id, card) for attempt_id, created, card in rows]
 
 
 def components(members: Mapping[K, Iterable[str]]) -> list[list[K]]:

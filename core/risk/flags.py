@@ -16,6 +16,7 @@ from core.models import PaymentAttempt, RiskFlag
 from core.risk import detector
 from core.risk.detector import (
     ENTITY_COLUMNS,
+    NO_FILTER,
     EntityKind,
     Rules,
     Stored,
@@ -38,7 +39,7 @@ def rules_from(settings: Settings) -> Rules:
     return Rules(
         threshold=settings.burst_threshold,
         window=window,
-        overrides=(("promotion_code", "burst", PROMOTION_CODE_THRESHOLD, window),),
+        overrides=(("promotion_code", "burst", PROMOTION_CODE_THRESHOLD, window, NO_FILTER),),
     )
 
 

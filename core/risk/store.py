@@ -20,6 +20,8 @@ from core.risk.detector import ENTITY_COLUMNS, EntityKind, Point
 
 _LOCK_NAMESPACE = b"risk_flags"
 GLOBAL_LOCK_KEY = 0x7269736B  # "risk": batch runs take it exclusively, entity writers shared
+# What rule filters read (core.risk.detector.Filter), in Point's order after its card.
+DETAIL_COLUMNS = ("amount", "currency", "decline_code", "failure_code")
 
 FLAG_COLUMNS: tuple[ColumnClause[Any], ...] = (
     column("id"),
@@ -106,7 +108,8 @@ def lock_entities(session: Session, entities: Sequence[tuple[EntityKind, str]]) 
 def _points_sql(kinds: tuple[EntityKind, ...]) -> Prepared:
     """Failed attempts of one value per kind over a range each; rows tagged by position."""
     parts = [
-        f"SELECT {i} AS tag, id, created, card_fingerprint FROM payment_attempts "
+        f"SELECT {i} AS tag, id, created, card_fingerprint, {', '.join(DETAIL_COLUMNS)} "
+        "FROM payment_attempts "
         f"WHERE {ENTITY_COLUMNS[kind]} = :v{i} AND outcome = 'failed' "
         f"AND created >= :lo{i} AND created <= :hi{i}"
         for i, kind in enumerate(kinds)
@@ -124,6 +127,7 @@ def _points_sql(kinds: tuple[EntityKind, ...]) -> Prepared:
             column("id"),
             column("created", UTCDateTime()),
             column("card_fingerprint"),
+            *(column(c) for c in DETAIL_COLUMNS),
         )
     )
 
@@ -137,8 +141,8 @@ def read_points(
         params.update({f"v{i}": value, f"lo{i}": a, f"hi{i}": b})
     points: list[list[Point]] = [[] for _ in spans]
     statement = _points_sql(tuple(kind for (kind, _value), _span in spans))
-    for tag, attempt_id, created, card in raw(session).rows(statement, params):
-        points[tag].append(Point(created, attempt_id, card))
+    for tag, attempt_id, created, card, *details in raw(session).rows(statement, params):
+        points[tag].append(Point(created, attempt_id, card, *details))
     return {key: pts for (key, _span), pts in zip(spans, points, strict=True)}
 
 
@@ -188,14 +192,18 @@ def attempts_by_id(session: Session, ids: Sequence[str]) -> list[tuple[Any, ...]
     return list({row[0]: row for row in rows}.values())
 
 
-def failed_rows(session: Session, lo: datetime | None, hi: datetime | None) -> list[Any]:
-    """Every failed attempt in [lo, hi] as the driver's own rows (ATTEMPT_COLUMNS), read
-    column by column by batch detection: no Row, ORM or DataFrame object per attempt."""
+def failed_rows(
+    session: Session, lo: datetime | None, hi: datetime | None, *, details: bool = False
+) -> list[Any]:
+    """Every failed attempt in [lo, hi] as the driver's own rows (ATTEMPT_COLUMNS, then
+    DETAIL_COLUMNS with `details`), read column by column by batch detection: no Row, ORM or
+    DataFrame object per attempt."""
     conditions: list[ColumnElement[bool]] = [PaymentAttempt.outcome == "failed"]
     if lo is not None:
         conditions.append(PaymentAttempt.created >= lo)
     if hi is not None:
         conditions.append(PaymentAttempt.created <= hi)
-    columns = [getattr(PaymentAttempt, c) for c in ATTEMPT_COLUMNS]
+    names = ATTEMPT_COLUMNS + (DETAIL_COLUMNS if details else ())
+    columns = [getattr(PaymentAttempt, c) for c in names]
     result = session.connection().execute(select(*columns).where(*conditions))
     return list(result.cursor.fetchall())

@@ -151,7 +151,7 @@ def test_card_testing_window_edges() -> None:
 
 
 def test_every_entity_kind_is_detected() -> None:
-    common = {
+    common: dict[str, Any] = {
         "customer_id": "cus_1",
         "email": "a@example.com",
         "ip_address": "198.51.100.7",

@@ -57,3 +57,65 @@ def test_admin_backtests_then_saves_an_allow_list_entry(sqlite_url: str) -> None
     assert any("Rules version 1 saved" in str(s.value) for s in at.success)
     versions, actions, flags = rows(sqlite_url)
     assert versions == [1] and "risk.rules_saved" in actions and flags == 2
+
+
+def edit(at: Any, changes: dict[int, dict[str, Any]]) -> Any:
+    """Type into cells of the rules table (rows in the table's order), as the grid would."""
+    at.session_state["rules_table_0"] = {
+        "edited_rows": changes,
+        "added_rows": [],
+        "deleted_rows": [],
+    }
+    return at.run()
+
+
+def test_the_table_shows_each_rules_filter_and_a_filter_changes_the_backtest(
+    sqlite_url: str,
+) -> None:
+    raise_flags(sqlite_url)  # declined USD charges: flags for the email and the IP address
+    at = app_as("admin", sqlite_url, page="pages/rules.py")
+    (editor,) = at.data_editor
+    table = editor.value
+    assert list(table.columns[-3:]) == ["only currency", "only from amount", "only decline codes"]
+    ip_rows = [i for i, kind in enumerate(table["entity"]) if kind == "ip"]
+    # The IP address's rules count only EUR failures: its two flags would not be raised.
+    at = edit(at, {i: {"only currency": "EUR"} for i in ip_rows})
+    at.button(key="rules_backtest").click().run()
+    assert not at.exception
+    metrics = {m.label: m.value for m in at.metric}
+    assert (metrics["Live rules: flags"], metrics["Edited rules: flags"]) == ("4", "2")
+    # Counting only USD failures from 25.00 keeps them all (the charges are USD 25.00); from
+    # 25.01, none.
+    at = edit(at, {i: {"only currency": "USD", "only from amount": "25"} for i in ip_rows})
+    at.button(key="rules_backtest").click().run()
+    metrics = {m.label: m.value for m in at.metric}
+    assert (metrics["Edited rules: flags"], metrics["Only with the live rules"]) == ("4", "0")
+    at = edit(at, {i: {"only currency": "USD", "only from amount": "25.01"} for i in ip_rows})
+    at.button(key="rules_backtest").click().run()
+    metrics = {m.label: m.value for m in at.metric}
+    assert (metrics["Edited rules: flags"], metrics["Only with the live rules"]) == ("2", "2")
+
+
+@pytest.mark.parametrize(
+    ("cells", "message"),
+    [
+        ({"only from amount": "50"}, "needs a currency"),
+        ({"only currency": "USD", "only from amount": "12.345"}, "at most 2 decimal places"),
+        ({"only decline codes": "Fraud!"}, "lower-case letters"),
+        ({"only currency": "XYZ"}, "not a currency Stripe charges in"),
+    ],
+)
+def test_a_bad_filter_is_refused_with_what_is_wrong(
+    sqlite_url: str, cells: dict[str, str], message: str
+) -> None:
+    at = app_as("admin", sqlite_url, page="pages/rules.py")
+    at = edit(at, {0: cells})
+    at.button(key="rules_backtest").click().run()
+    assert not at.exception
+    (error,) = [str(e.value) for e in at.error]
+    assert message in error and error.startswith("card / burst:")
+    at.text_input(key="rules_note").input("try it")
+    next(b for b in at.button if b.label == "Save as version 1").click().run()
+    assert not at.exception
+    assert any(message in str(e.value) for e in at.error)
+    assert rows(sqlite_url)[0] == []  # nothing saved
