@@ -20,6 +20,7 @@ one entity's flags, so two concurrent deliveries cannot each miss the other's at
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -66,9 +67,9 @@ class _Failed:
     """Failed attempts as columns: ids, times in microseconds since the epoch, entities, and
     (when read for filtered rules) store.DETAIL_COLUMNS."""
 
-    ids: list[str]
+    ids: Sequence[str]
     times: npt.NDArray[np.int64]
-    columns: dict[str, list[Any]]
+    columns: dict[str, Sequence[Any]]
     details: bool = False
     # per entity column, its values factorised (codes, uniques): shared by the rule sets of a
     # backtest, which read the same attempts
@@ -95,19 +96,20 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 def _read_failed(
     session: Session, lo: datetime | None, hi: datetime | None, *, details: bool = False
 ) -> _Failed:
+    names = store.ATTEMPT_COLUMNS + (store.DETAIL_COLUMNS if details else ())
     rows = store.failed_rows(session, lo, hi, details=details)
-    created = [r[1] for r in rows]
+    columns: list[Any] = list(zip(*rows, strict=True)) if rows else [()] * len(names)
+    ids, created = columns[0], columns[1]
     if created and isinstance(created[0], str):  # SQLite stores UTC as ISO text
         times = np.array(created, dtype="datetime64[us]").astype(np.int64)
     else:
         times = np.array(
             [(t - _EPOCH) // timedelta(microseconds=1) for t in created], dtype=np.int64
         )
-    names = store.ATTEMPT_COLUMNS + (store.DETAIL_COLUMNS if details else ())
     return _Failed(
-        ids=[r[0] for r in rows],
+        ids=ids,
         times=times,
-        columns={c: [r[i] for r in rows] for i, c in enumerate(names) if i >= 2},
+        columns=dict(zip(names[2:], columns[2:], strict=True)),
         details=details,
     )
 
@@ -199,7 +201,7 @@ def _group(failed: _Failed, stored: list[FlagRow], changes: Changes) -> list[lis
         lo = (f.window_start - _EPOCH) // timedelta(microseconds=1)
         hi = (f.window_end - _EPOCH) // timedelta(microseconds=1)
         rows = np.flatnonzero((failed.times >= lo) & (failed.times <= hi))
-        members[f.id] = tuple(failed.ids[i] for i in rows if values[i] == f.entity_value)
+        members[f.id] = tuple(failed.ids[i] for i in rows.tolist() if values[i] == f.entity_value)
     return detector.components(members)
 
 
@@ -235,7 +237,9 @@ def _windows_by_entity(
                 continue
             for pattern in rules.patterns(kind):
                 rule = rules.rule(kind, pattern)
-                windows = detector.detect_windows(points, pattern, rule, ends=(lo, hi))
+                windows = detector.detect_windows(
+                    points, pattern, rule, ends=(lo, hi), in_order=True
+                )
                 if windows:
                     result[(kind, value, pattern)] = windows
     return result

@@ -307,11 +307,13 @@ def detect_windows(
     rules: Rules,
     *,
     ends: tuple[datetime | None, datetime | None] = (None, None),
+    in_order: bool = False,
 ) -> list[Window]:
     """The merged windows of one entity's hits whose right end lies in `ends` (closed; None is
     unbounded), described with all of `points` (counted by the rule's filter or not).
-    `points` must include every failed attempt in [ends[0] - window, ends[1]]."""
-    pts = _unique_points(points)
+    `points` must include every failed attempt in [ends[0] - window, ends[1]]; `in_order`: they
+    are a list already one per attempt and sorted by time (batch reads them so)."""
+    pts = points if in_order and isinstance(points, list) else _unique_points(points)
     counted = [p for p in pts if rules.filter.counts(p)] if rules.filter else pts
     lo_end, hi_end = ends
     spans: list[tuple[datetime, datetime]] = []

@@ -23,7 +23,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import case, delete, func, insert, select, update
+from sqlalchemy import Table, bindparam, case, delete, func, insert, select, update
 from sqlalchemy.orm import Session
 
 from core.models import RiskFlag, RiskIncident, utcnow
@@ -62,15 +62,31 @@ def refresh_summary(session: Session, incident_ids: Iterable[int], now: datetime
         .where(RiskFlag.incident_id.in_(ids))
         .group_by(RiskFlag.incident_id)
     ).all()
+    known = {
+        row[0]: tuple(row[1:])
+        for row in session.execute(
+            select(
+                RiskIncident.id,
+                RiskIncident.first_seen,
+                RiskIncident.last_seen,
+                RiskIncident.flags,
+                RiskIncident.status,
+            ).where(RiskIncident.id.in_(ids))
+        )
+    }
     seen = set()
+    changed = []
     for incident_id, first, last, count, opened, confirmed in rows:
         seen.add(incident_id)
         status = "open" if opened else "confirmed" if confirmed else "dismissed"
-        session.execute(
-            update(RiskIncident)
-            .where(RiskIncident.id == incident_id)
-            .values(first_seen=first, last_seen=last, flags=count, status=status, updated_at=now)
-        )
+        if known.get(incident_id) != (first, last, count, status):
+            changed.append(
+                {"b_id": incident_id, "first_seen": first, "last_seen": last, "flags": count,
+                 "status": status, "updated_at": now}
+            )  # fmt: skip
+    if changed:  # one executemany; a batch rerun usually changes nothing
+        table: Table = RiskIncident.__table__  # type: ignore[assignment]
+        session.execute(update(table).where(table.c.id == bindparam("b_id")), changed)
     gone = [i for i in ids if i not in seen]
     if gone:
         session.execute(delete(RiskIncident).where(RiskIncident.id.in_(gone)))
