@@ -104,62 +104,69 @@ def grow(
     recounted by one aggregate query instead of reading all its attempts, which keeps the
     cost flat for busy entities (a promotion code flagged for days). Incidents follow
     (`core.risk.incidents.link_grown`) along the attempts the flags newly cover."""
-    window = rules.reach
-    found = _locked_flags(session, entities, lo - window, hi)
-    near = (lo - window, hi)
+    store.lock_entities(session, entities)
+    near = (lo - rules.reach, hi)
     by_entity = store.read_points(session, [(entity, near) for entity in entities])
-    changes = Changes()
-    merged_into: list[tuple[list[int], list[int]]] = []
-    covered: set[str] = set()
+    hits: list[tuple[EntityKind, str, Pattern, list[Window]]] = []
     for kind, value in entities:
-        points = sorted(by_entity[(kind, value)], key=BY_TIME)
-        times = [p.created for p in points]
         for pattern in rules.patterns(kind):
             rule = rules.rule(kind, pattern)
-            new = detector.detect_windows(points, pattern, rule, ends=(lo, hi))
-            if not new:
-                continue  # no hit changed: the stored flags stand
-            flags = found.get((kind, value, pattern), [])
-            merged = detector.merge_windows(
-                [(w.start, w.end) for w in new] + [(f.window_start, f.window_end) for f in flags]
-            )
-            windows = []
-            for a, b in merged:
-                if not any(a <= w.start and w.end <= b for w in new):
-                    continue  # a stored flag the new hits do not reach
-                if near[0] <= a and b <= near[1]:
-                    windows.append(detector.describe(points, times, a, b))
-                else:
-                    failures, cards = store.count_failures(session, kind, value, a, b)
-                    windows.append(Window(a, b, failures, cards))
-            replaced = [
-                f
-                for f in flags
-                if any(f.window_start <= w.end and w.start <= f.window_end for w in windows)
-            ]
-            previous = [_stored(f) for f in replaced]
-            done = _apply(session, kind, value, pattern, previous, windows, now or utcnow())
-            changes.add(done)
-            # Attempts this key's flags hold now and did not before: the one that arrived, and
-            # those a new or widened window takes in.
-            for p in points:
-                inside = any(w.start <= p.created <= w.end for w in new)
-                before = any(f.window_start <= p.created <= f.window_end for f in flags)
-                if inside and (p.id == arrived or not before):
-                    covered.add(p.id)
-            for flag_id, w in done.windows.items():
-                merged_into.append(
-                    (
-                        [flag_id],
-                        [
-                            f.incident_id
-                            for f in replaced
-                            if f.incident_id is not None
-                            and f.window_start <= w.end
-                            and w.start <= f.window_end
-                        ],
-                    )
+            new = detector.detect_windows(by_entity[(kind, value)], pattern, rule, ends=(lo, hi))
+            if new:  # else no hit changed: the stored flags stand
+                hits.append((kind, value, pattern, new))
+    changes = Changes()
+    if not hits:  # most declines: the stored flags are not even read
+        return changes
+    found: dict[tuple[str, str, str], list[FlagRow]] = {}
+    flagged = sorted({(kind, value) for kind, value, _p, _w in hits})
+    for row in store.find_flags(session, flagged, near[0], near[1]):
+        found.setdefault((row.entity_kind, row.entity_value, row.pattern), []).append(row)
+    merged_into: list[tuple[list[int], list[int]]] = []
+    covered: set[str] = set()
+    for kind, value, pattern, new in hits:
+        points = sorted(by_entity[(kind, value)], key=BY_TIME)
+        times = [p.created for p in points]
+        flags = found.get((kind, value, pattern), [])
+        merged = detector.merge_windows(
+            [(w.start, w.end) for w in new] + [(f.window_start, f.window_end) for f in flags]
+        )
+        windows = []
+        for a, b in merged:
+            if not any(a <= w.start and w.end <= b for w in new):
+                continue  # a stored flag the new hits do not reach
+            if near[0] <= a and b <= near[1]:
+                windows.append(detector.describe(points, times, a, b))
+            else:
+                failures, cards = store.count_failures(session, kind, value, a, b)
+                windows.append(Window(a, b, failures, cards))
+        replaced = [
+            f
+            for f in flags
+            if any(f.window_start <= w.end and w.start <= f.window_end for w in windows)
+        ]
+        previous = [_stored(f) for f in replaced]
+        done = _apply(session, kind, value, pattern, previous, windows, now or utcnow())
+        changes.add(done)
+        # Attempts this key's flags hold now and did not before: the one that arrived, and
+        # those a new or widened window takes in.
+        for p in points:
+            inside = any(w.start <= p.created <= w.end for w in new)
+            before = any(f.window_start <= p.created <= f.window_end for f in flags)
+            if inside and (p.id == arrived or not before):
+                covered.add(p.id)
+        for flag_id, w in done.windows.items():
+            merged_into.append(
+                (
+                    [flag_id],
+                    [
+                        f.incident_id
+                        for f in replaced
+                        if f.incident_id is not None
+                        and f.window_start <= w.end
+                        and w.start <= f.window_end
+                    ],
                 )
+            )
     if changes.windows:
         incidents.link_grown(session, merged_into, covered, now)
     return changes
