@@ -81,9 +81,9 @@ def refresh_summary(session: Session, incident_ids: Iterable[int], now: datetime
         status = "open" if opened else "confirmed" if confirmed else "dismissed"
         if known.get(incident_id) != (first, last, count, status):
             changed.append(
-                {"b_id": incident_id, "first_seen": first, "last_seen": last, "flags": count,
-                 "status": status, "updated_at": now}
-            )  # fmt: skip
+                dict(b_id=incident_id, first_seen=first, last_seen=last, flags=count)
+                | {"status": status, "updated_at": now}
+            )
     if changed:  # one executemany; a batch rerun usually changes nothing
         table: Table = RiskIncident.__table__  # type: ignore[assignment]
         session.execute(update(table).where(table.c.id == bindparam("b_id")), changed)

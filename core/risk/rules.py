@@ -73,8 +73,10 @@ def make_filter(currency: str = "", min_amount: str = "", decline_codes: str = "
     minor = 0
     if min_amount.strip():
         if not code:
-            raise RulesError("A minimum amount needs a currency (amounts in different currencies "
-                             "do not compare).")  # fmt: skip
+            raise RulesError(
+                "A minimum amount needs a currency (amounts in different currencies do not "
+                "compare)."
+            )
         try:
             minor = money.to_minor(min_amount, code)
         except money.MoneyError as exc:
@@ -131,9 +133,8 @@ def build(
 def _rule_body(
     kind: str, pattern: str, threshold: int, minutes: int, counted: Filter
 ) -> dict[str, Any]:
-    body: dict[str, Any] = {
-        "kind": kind, "pattern": pattern, "threshold": threshold, "window_minutes": minutes
-    }  # fmt: skip
+    body: dict[str, Any] = {"kind": kind, "pattern": pattern, "threshold": threshold}
+    body["window_minutes"] = minutes
     if counted.currency:
         body["currency"] = counted.currency
     if counted.min_amount:
