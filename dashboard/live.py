@@ -707,7 +707,10 @@ def _parse_rules(table: pd.DataFrame, allow: str) -> Rules:
             counted = make_filter(_cell(r.iloc[4]), _cell(r.iloc[5]), _cell(r.iloc[6]))
         except RulesError as exc:
             raise RulesError(f"{kind} / {pattern}: {exc}") from None
-        rows.append((kind, pattern, int(r.iloc[2]), int(r.iloc[3]), counted))
+        threshold, minutes = _cell(r.iloc[2]), _cell(r.iloc[3])
+        if not (threshold and minutes):
+            raise RulesError(f"{kind} / {pattern}: a threshold and a window are required.")
+        rows.append((kind, pattern, int(float(threshold)), int(float(minutes)), counted))
     entries = []
     for line in allow.splitlines():
         if line.strip():

@@ -103,10 +103,11 @@ def test_the_table_shows_each_rules_filter_and_a_filter_changes_the_backtest(
         ({"only currency": "USD", "only from amount": "12.345"}, "at most 2 decimal places"),
         ({"only decline codes": "Fraud!"}, "lower-case letters"),
         ({"only currency": "XYZ"}, "not a currency Stripe charges in"),
+        ({"threshold (failures)": None}, "a threshold and a window are required"),
     ],
 )
 def test_a_bad_filter_is_refused_with_what_is_wrong(
-    sqlite_url: str, cells: dict[str, str], message: str
+    sqlite_url: str, cells: dict[str, str | None], message: str
 ) -> None:
     at = app_as("admin", sqlite_url, page="pages/rules.py")
     at = edit(at, {0: cells})
